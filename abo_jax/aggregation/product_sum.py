@@ -1,0 +1,53 @@
+"""Product-Sum (PS): average ``B`` and ``A`` separately and broadcast the averages.
+
+Reference: Chen et al., arXiv:2508.01348 (SP/PS naming); FedIT (Zhang et al., arXiv:2305.05644).
+"""
+
+from __future__ import annotations
+
+
+from abo_jax.aggregation._base import (
+    ABO,
+    Broadcast,
+    broadcast_to_clients,
+    make_abo,
+    map_factors,
+    stateless_init,
+    weighted_sum,
+)
+from abo_jax.lora import LoRAFactors
+
+__all__ = ["product_sum"]
+
+
+def product_sum() -> ABO:
+    r"""PS (Product-Sum): the product of the averaged factors.
+
+    .. math::
+        P = \bar B = \sum_i p_i B_i, \qquad Q = \bar A = \sum_i p_i A_i .
+
+    Every client receives ``(P, Q)``. PS minimizes the strong (factor) mismatch and satisfies the
+    strong convergence condition (arXiv:2508.01348); its product misses ``Zbar`` by
+    ``sum_i p_i (B_i - Bbar)(A_i - Abar)``. Bytes up and down: ``r (d + k)`` values per layer.
+
+    Returns:
+      An :class:`ABO` (stateless).
+
+    Example:
+      >>> b = jnp.ones((2, 4, 1)); a = jnp.ones((2, 1, 3))
+      >>> bc, _, _ = product_sum().aggregate({"w": LoRAFactors(b, a)}, jnp.array([.5, .5]))
+      >>> bc.factors["w"].a.shape
+      (2, 1, 3)
+
+    References:
+      Chen et al., arXiv:2508.01348; Zhang et al. (FedIT), arXiv:2305.05644.
+    """
+
+    def core(clients, weights, state):
+        def one_layer(f: LoRAFactors):
+            mean = weighted_sum(f, weights)
+            return broadcast_to_clients(mean, f.b.shape[0])
+
+        return Broadcast(factors=map_factors(one_layer, clients), base_delta=None), state, {}
+
+    return make_abo(stateless_init, core)

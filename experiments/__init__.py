@@ -1,0 +1,1 @@
+"""Runnable studies built on abo_jax and theory."""
