@@ -5,7 +5,6 @@ Reference: Chen et al., arXiv:2508.01348 (SP/PS naming); FedIT (Zhang et al., ar
 
 from __future__ import annotations
 
-
 from abo_jax.aggregation._base import (
     ABO,
     Broadcast,

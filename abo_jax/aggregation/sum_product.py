@@ -123,7 +123,6 @@ def sum_product(rank: int | None = None, split: Split = "sqrt") -> ABO:
 
     def one_layer(f: LoRAFactors, weights):
         m, d, r = f.b.shape
-        k = f.a.shape[-1]
         r_bc = r if rank is None else int(rank)
         if not 1 <= r_bc <= r:
             raise ValueError(f"rank: must be in [1, {r}] (the clients' rank), got {rank}")
