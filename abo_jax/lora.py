@@ -38,6 +38,8 @@ __all__ = [
     "lora_leaves",
     "to_nnx_lora",
     "from_nnx_lora",
+    "rank_mask",
+    "mask_rank",
 ]
 
 Layout = Literal["out_in", "in_out"]
@@ -306,3 +308,26 @@ def from_nnx_lora(lora_a: jax.Array, lora_b: jax.Array) -> LoRAFactors:
             f"lora_b {lora_b.shape} has rank {lora_b.shape[-2]}"
         )
     return LoRAFactors(b=jnp.swapaxes(lora_b, -1, -2), a=jnp.swapaxes(lora_a, -1, -2))
+
+
+def rank_mask(ranks: jax.Array, r_max: int) -> jax.Array:
+    """``(..., r_max)`` bool mask, True for the first ``ranks[...]`` rank components.
+
+    Heterogeneous ranks (HetLoRA, RBLA, FlexLoRA) pad every client to ``r_max``; component ``j`` of
+    client ``i`` is live when ``j < r_i``.
+    """
+    return jnp.arange(r_max) < jnp.asarray(ranks)[..., None]
+
+
+def mask_rank(factors: LoRAFactors, ranks: jax.Array) -> LoRAFactors:
+    """Zeroes the rank components ``j >= ranks[...]`` (columns of ``b``, rows of ``a``).
+
+    Args:
+      factors: ``b (..., d, r_max)``, ``a (..., r_max, k)``.
+      ranks: integer ranks broadcastable to the leading axes ``...``.
+
+    Zero-padded components stay zero under gradient steps (their gradients vanish, and weight decay
+    and momentum keep zeros at zero), so masking once at init keeps a client at its own rank.
+    """
+    mask = rank_mask(ranks, factors.rank).astype(factors.b.dtype)
+    return LoRAFactors(b=factors.b * mask[..., None, :], a=factors.a * mask[..., :, None])
