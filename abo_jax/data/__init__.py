@@ -1,0 +1,62 @@
+"""Data for federated simulation: loaders, partitioners, padding and masked per-client epochs.
+
+Typical use (numpy on the host, then jax arrays with fixed shapes)::
+
+    ds = load_dataset("digits", flatten=True)
+    part = one_class_per_client(ds.y_train, key=jax.random.key(0))
+    data = pad_clients(ds.x_train, ds.y_train, part)          # ClientData (m, n_max, ...)
+    weights = client_weights(data.sizes)                      # p_i = n_i / sum n
+    keys = jax.random.split(jax.random.key(1), part.num_clients)
+    idx, valid = jax.vmap(epoch_batches, in_axes=(0, 0, None))(keys, data.mask, 64)
+"""
+
+from abo_jax.data._datasets import (
+    DATASET_NAMES,
+    Dataset,
+    load_dataset,
+    load_digits,
+    stratified_split,
+)
+from abo_jax.data._idx import (
+    FASHION_MNIST_DEFAULT_DIR,
+    MNIST_FAMILY,
+    load_idx,
+    load_mnist_family,
+    mnist_family_directory,
+)
+from abo_jax.data._padding import client_weights, epoch_batches, num_batches, pad_clients
+from abo_jax.data._partition import (
+    Partition,
+    dirichlet,
+    iid,
+    make_partition,
+    one_class_per_client,
+    plot_partition,
+    shards,
+)
+from abo_jax.data.client_data import ClientData
+
+__all__ = [
+    "ClientData",
+    "Dataset",
+    "DATASET_NAMES",
+    "load_dataset",
+    "load_digits",
+    "stratified_split",
+    "load_idx",
+    "load_mnist_family",
+    "mnist_family_directory",
+    "MNIST_FAMILY",
+    "FASHION_MNIST_DEFAULT_DIR",
+    "Partition",
+    "make_partition",
+    "one_class_per_client",
+    "shards",
+    "dirichlet",
+    "iid",
+    "plot_partition",
+    "pad_clients",
+    "client_weights",
+    "epoch_batches",
+    "num_batches",
+]
