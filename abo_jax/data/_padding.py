@@ -8,6 +8,7 @@ client; ``jax.vmap`` it over clients with ``jax.random.split`` keys.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -118,6 +119,7 @@ def num_batches(n_max: int, batch_size: int) -> int:
     return math.ceil(n_max / batch_size)
 
 
+@functools.partial(jax.jit, static_argnames=("batch_size",))
 def epoch_batches(key: jax.Array, mask: jax.Array, batch_size: int) -> tuple[jax.Array, jax.Array]:
     """One epoch of shuffled, masked minibatch indices for ONE client.
 
@@ -140,7 +142,7 @@ def epoch_batches(key: jax.Array, mask: jax.Array, batch_size: int) -> tuple[jax
     Args:
       key: a ``jax.random`` key for this client and epoch.
       mask: ``(n_max,)`` bool, True for the client's real rows.
-      batch_size: ``b``, a static Python int.
+      batch_size: ``b``, a static Python int (the function is jitted with it static).
 
     Returns:
       ``(indices, valid)``: int32 ``(num_batches, b)`` row indices into the client's ``n_max`` rows,

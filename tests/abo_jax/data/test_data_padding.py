@@ -31,17 +31,19 @@ def test_pad_clients_matches_gather():
     p = dirichlet(y, num_clients=6, alpha=0.3, key=0)
     data = pad_clients(x, y, p)
     assert isinstance(data, ClientData)
+    assert data.x.dtype == jnp.float32 and data.y.dtype == jnp.int32
+    assert data.mask.dtype == jnp.bool_ and data.sizes.dtype == jnp.int32
+    data = ClientData(*(np.asarray(a) for a in data))
     n_max = int(p.sizes.max())
-    assert data.x.shape == (6, n_max, 3, 2) and data.x.dtype == jnp.float32
-    assert data.y.shape == (6, n_max) and data.y.dtype == jnp.int32
-    assert data.mask.shape == (6, n_max) and data.mask.dtype == jnp.bool_
+    assert data.x.shape == (6, n_max, 3, 2)
+    assert data.y.shape == data.mask.shape == (6, n_max)
     np.testing.assert_array_equal(data.sizes, p.sizes)
     for i, idx in enumerate(p.indices):
         n = idx.size
         np.testing.assert_array_equal(data.x[i, :n], x[idx])
         np.testing.assert_array_equal(data.y[i, :n], y[idx])
         assert np.all(data.mask[i, :n]) and not np.any(data.mask[i, n:])
-        assert np.all(np.asarray(data.x[i, n:]) == 0) and np.all(np.asarray(data.y[i, n:]) == 0)
+        assert np.all(data.x[i, n:] == 0) and np.all(data.y[i, n:] == 0)
 
 
 def test_pad_clients_n_max_and_empty_client():
