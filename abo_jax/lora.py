@@ -33,6 +33,7 @@ __all__ = [
     "lora_spec",
     "init_lora_tree",
     "merge_lora_tree",
+    "add_delta_tree",
     "is_lora",
     "map_lora",
     "lora_leaves",
@@ -163,7 +164,7 @@ def apply_lora(
       ``(..., d)``.
     """
     y = x @ w0.T + scale * ((x @ factors.a.T) @ factors.b.T)
-    return y if bias is None else y + bias
+    return y if bias is None else y + jnp.broadcast_to(bias, y.shape)
 
 
 def lora_delta(factors: LoRAFactors, scale: float | jax.Array = 1.0) -> jax.Array:
@@ -287,8 +288,39 @@ def merge_lora_tree(
         if f is None:
             out.append(w)
             continue
+        _dk(w, kernel_layout)  # validates the layout name and 2-D weights
         delta = lora_delta(f, s)
         out.append(w + (delta if kernel_layout == "out_in" else delta.T).astype(w.dtype))
+    return jax.tree.unflatten(treedef, out)
+
+
+def add_delta_tree(params: Any, delta: Any, *, kernel_layout: Layout = "in_out") -> Any:
+    """Adds dense ``(d, k)`` corrections (an ABO's ``broadcast.base_delta``) to the frozen weights.
+
+    Args:
+      params: parameter pytree.
+      delta: ``None``, or a pytree mirroring ``params`` with ``(d, k)`` arrays (peft orientation,
+        already scaled) at adapted weights and ``None`` elsewhere.
+      kernel_layout: orientation of the weights in ``params``; ``"in_out"`` adds ``delta.T``.
+
+    Returns:
+      ``params`` with ``W0 + delta`` at the adapted weights.
+    """
+    if delta is None:
+        return params
+    nodes, treedef = jax.tree.flatten(delta, is_leaf=lambda x: x is None)
+    param_leaves = treedef.flatten_up_to(params)
+    out = []
+    for dl, w in zip(nodes, param_leaves, strict=True):
+        if dl is None:
+            out.append(w)
+            continue
+        d, k = _dk(w, kernel_layout)
+        if dl.shape != (d, k):
+            raise ValueError(
+                f"delta: expected shape ({d}, {k}) for weight {w.shape}, got {dl.shape}"
+            )
+        out.append(w + (dl if kernel_layout == "out_in" else dl.T).astype(w.dtype))
     return jax.tree.unflatten(treedef, out)
 
 
@@ -316,7 +348,10 @@ def rank_mask(ranks: jax.Array, r_max: int) -> jax.Array:
     Heterogeneous ranks (HetLoRA, RBLA, FlexLoRA) pad every client to ``r_max``; component ``j`` of
     client ``i`` is live when ``j < r_i``.
     """
-    return jnp.arange(r_max) < jnp.asarray(ranks)[..., None]
+    ranks = jnp.asarray(ranks)
+    # Explicit broadcast (the suite runs with jax_numpy_rank_promotion="raise").
+    components = jnp.arange(r_max).reshape((1,) * ranks.ndim + (r_max,))
+    return components < ranks[..., None]
 
 
 def mask_rank(factors: LoRAFactors, ranks: jax.Array) -> LoRAFactors:

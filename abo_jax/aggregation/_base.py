@@ -15,6 +15,12 @@ manner of optax's ``GradientTransformation``)::
   orientation, already multiplied by the LoRA scale) to add to each frozen base weight, or ``None``.
 * ``diagnostics``: a dict of arrays; every operator made with :func:`make_abo` reports ``finite``
   (scalar bool), ``bytes_up`` and ``bytes_down`` (``(m,)``, zero for clients of weight 0).
+  Per-layer diagnostics are stacked in tree order of the adapted layers (leading axis ``L``).
+* Array leaves of ``clients`` that are not LoRA factors (e.g. trainable biases) are averaged with the
+  weights and broadcast by every operator (FedAvg), unless the operator says otherwise.
+* Operators that freeze a factor during local training (FFA-LoRA, RoLoRA) say so through their state:
+  :func:`trainable_factors` ``(state)`` gives the mask the simulator applies with
+  :func:`freeze_factors`.
 
 Reference: Chen et al., Convergence Analysis of Aggregation-Broadcast in LoRA-enabled Federated
 Learning, arXiv:2508.01348.
@@ -29,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from abo_jax.lora import is_lora, lora_leaves
+from abo_jax.lora import LoRAFactors, is_lora, lora_leaves
 
 __all__ = [
     "ABO",
@@ -44,6 +50,13 @@ __all__ = [
     "validate_weights",
     "is_concrete",
     "all_finite",
+    "LayerResult",
+    "aggregate_layers",
+    "trainable_factors",
+    "freeze_factors",
+    "layer_client_ranks",
+    "validate_client_ranks",
+    "client_scales",
 ]
 
 
@@ -142,6 +155,8 @@ def validate_weights(weights: Any, m: int, *, normalize: bool = False, atol: flo
 def validate_clients(clients: Any, *, require_lora: bool = True) -> int:
     """Checks the stacked client tree: one client axis, matching ranks, finite values.
 
+    Shapes are checked always (also on tracers, at trace time); values only on concrete leaves.
+
     Returns:
       ``m``, the number of clients.
 
@@ -180,7 +195,8 @@ def validate_clients(clients: Any, *, require_lora: bool = True) -> int:
                 f"for a ({d}, {k}) weight"
             )
     for x in leaves:
-        if not np.all(np.isfinite(np.asarray(x))):
+        # Values are checked only when concrete; inside jit see diagnostics["finite"].
+        if not isinstance(x, jax.core.Tracer) and not np.all(np.isfinite(np.asarray(x))):
             raise ValueError("clients: contain NaN or Inf values")
     return int(m)
 
@@ -197,6 +213,10 @@ def make_abo(
     The returned ``aggregate`` validates concrete (non-traced) inputs with clear errors, normalizes
     weights on request, and adds ``finite``, ``bytes_up`` and ``bytes_down`` to the diagnostics.
 
+    A core may report its own ``bytes_up`` / ``bytes_down`` in its diagnostics (scalars or ``(m,)``,
+    bytes per participating client, e.g. from :func:`aggregate_layers`); they take precedence over
+    ``bytes_fn`` and the default, and clients of weight 0 are still reported as 0.
+
     Args:
       init: ``init(clients, *, key=None) -> state``.
       core: the operator's maths on validated inputs.
@@ -212,20 +232,29 @@ def make_abo(
     """
 
     def aggregate(clients, weights, state=None, *, normalize: bool = False):
-        if is_concrete(clients, weights):
-            m = validate_clients(clients, require_lora=require_lora)
+        # Shapes are static, so they are checked even under jit; values only when concrete.
+        m = validate_clients(clients, require_lora=require_lora)
+        if is_concrete(weights):
             weights = validate_weights(weights, m, normalize=normalize)
-        elif normalize:
-            weights = weights / jnp.sum(weights)
-        broadcast, state, diag = core(clients, weights, state)
-        if bytes_fn is None:
-            up = tree_bytes_per_client(clients)
-            down = tree_bytes_per_client(broadcast.factors) + sum(
-                x.size * x.dtype.itemsize for x in jax.tree.leaves(broadcast.base_delta)
-            )
         else:
-            up, down = bytes_fn(clients, broadcast)
-        taking_part = (weights > 0).astype(jnp.float32)
+            if tuple(weights.shape) != (m,):
+                raise ValueError(
+                    f"weights: expected shape ({m},) (one per client), got {tuple(weights.shape)}"
+                )
+            if normalize:
+                weights = weights / jnp.sum(weights)
+        broadcast, state, diag = core(clients, weights, state)
+        diag = dict(diag)
+        up, down = diag.pop("bytes_up", None), diag.pop("bytes_down", None)
+        if up is None or down is None:
+            if bytes_fn is None:
+                up = tree_bytes_per_client(clients)
+                down = tree_bytes_per_client(broadcast.factors) + sum(
+                    x.size * x.dtype.itemsize for x in jax.tree.leaves(broadcast.base_delta)
+                )
+            else:
+                up, down = bytes_fn(clients, broadcast)
+        taking_part = (weights > 0).astype(jnp.result_type(float))
         diag = {
             **diag,
             "finite": all_finite(broadcast, clients),
@@ -251,3 +280,213 @@ def map_factors(fn: Callable[..., Any], tree: Any, *rest: Any) -> Any:
 def stack_layer_values(values: list[jax.Array]) -> jax.Array:
     """Per-layer scalars in tree order as one ``(L,)`` array (empty when there are no layers)."""
     return jnp.stack(values) if values else jnp.zeros((0,))
+
+
+class LayerResult(NamedTuple):
+    """What an operator computes for one adapted layer (used with :func:`aggregate_layers`)."""
+
+    factors: LoRAFactors  # b (m, d, r), a (m, r, k): next round's starting factors
+    base_delta: jax.Array | None = (
+        None  # (d, k) dense correction for W0 (peft orientation), or None
+    )
+    diag: dict | None = None  # per-layer diagnostics (stacked over layers by aggregate_layers)
+    bytes_up: Any = None  # bytes per client, scalar or (m,); None: every factor of the client
+    bytes_down: Any = None  # bytes per client, scalar or (m,); None: factors + base_delta
+
+
+def _nbytes(x: Any, *, leading: int = 0) -> int:
+    return int(np.prod(x.shape[leading:]) * x.dtype.itemsize)
+
+
+def mean_broadcast(x: jax.Array, weights: jax.Array) -> jax.Array:
+    """``sum_i p_i x_i`` repeated on the client axis: FedAvg of a dense leaf ``(m, ...)``."""
+    return broadcast_to_clients(weighted_sum(x, weights), x.shape[0])
+
+
+def aggregate_layers(
+    clients: Any,
+    weights: jax.Array,
+    lora_fn: Callable[[LoRAFactors, int], LayerResult],
+    *,
+    dense_fn: Callable[[jax.Array, jax.Array], jax.Array] = mean_broadcast,
+) -> tuple[Broadcast, dict[str, jax.Array]]:
+    """Runs an operator layer by layer over a client tree (a Python loop over layers, never clients).
+
+    Args:
+      clients: pytree with :class:`~abo_jax.LoRAFactors` nodes ``b (m, d, r)``, ``a (m, r, k)`` and
+        optionally dense array leaves ``(m, ...)``; ``None`` = frozen.
+      weights: ``(m,)``.
+      lora_fn: ``(factors, layer_index) -> LayerResult`` for each LoRA node in tree order.
+      dense_fn: ``(leaf, weights) -> (m, ...)`` for the other leaves (default: weighted mean).
+
+    Returns:
+      ``(Broadcast, diag)``: ``base_delta`` is ``None`` when no layer returned one (else a tree like
+      ``clients`` with ``(d, k)`` arrays or ``None``); ``diag`` stacks each per-layer entry over the
+      layers (leading axis ``L``) and holds the total ``bytes_up`` / ``bytes_down`` per client.
+    """
+    nodes, treedef = jax.tree.flatten(clients, is_leaf=is_lora)
+    out_factors, out_delta, layer_diags = [], [], []
+    up, down = 0, 0
+    layer = 0
+    for x in nodes:
+        if is_lora(x):
+            res = lora_fn(x, layer)
+            layer += 1
+            out_factors.append(res.factors)
+            out_delta.append(res.base_delta)
+            layer_diags.append(res.diag or {})
+            delta_bytes = 0 if res.base_delta is None else _nbytes(res.base_delta)
+            up = up + (
+                _nbytes(x.b, leading=1) + _nbytes(x.a, leading=1)
+                if res.bytes_up is None
+                else res.bytes_up
+            )
+            down = down + (
+                _nbytes(res.factors.b, leading=1) + _nbytes(res.factors.a, leading=1) + delta_bytes
+                if res.bytes_down is None
+                else res.bytes_down
+            )
+        else:
+            out_factors.append(dense_fn(x, weights))
+            out_delta.append(None)
+            up = up + _nbytes(x, leading=1)
+            down = down + _nbytes(x, leading=1)
+    factors = jax.tree.unflatten(treedef, out_factors)
+    has_delta = any(d is not None for d in out_delta)
+    base_delta = jax.tree.unflatten(treedef, out_delta) if has_delta else None
+    diag = {}
+    if layer_diags:
+        for key in layer_diags[0]:
+            diag[key] = jnp.stack([jnp.asarray(dg[key]) for dg in layer_diags])
+    diag["bytes_up"] = jnp.asarray(up, jnp.result_type(float))
+    diag["bytes_down"] = jnp.asarray(down, jnp.result_type(float))
+    return Broadcast(factors=factors, base_delta=base_delta), diag
+
+
+def trainable_factors(state: Any) -> LoRAFactors:
+    """Which factors clients train next round: ``LoRAFactors(b=bool[], a=bool[])`` scalar masks.
+
+    Operators that freeze a factor (FFA-LoRA freezes ``A``; RoLoRA alternates) expose it through a
+    ``trainable_factors()`` method of their state; every other operator trains both. The masks are
+    arrays, so this works on traced states inside a jitted round.
+
+    Example:
+      >>> trainable_factors(EmptyState())
+      LoRAFactors(b=Array(True, dtype=bool), a=Array(True, dtype=bool))
+    """
+    method = getattr(state, "trainable_factors", None)
+    if method is None:
+        return LoRAFactors(b=jnp.array(True), a=jnp.array(True))
+    return method()
+
+
+def freeze_factors(tree: Any, trainable: LoRAFactors) -> Any:
+    """Zeroes the frozen factor in every :class:`~abo_jax.LoRAFactors` node of ``tree``.
+
+    Apply it to the optimizer's *updates* (after momentum and weight decay), not only to gradients:
+    weight decay or momentum would otherwise move a frozen factor. Other leaves pass through.
+
+    Args:
+      tree: a pytree (gradients or updates) with ``LoRAFactors`` nodes of any leading axes.
+      trainable: from :func:`trainable_factors` (scalar bools; traced values are fine).
+    """
+
+    def one(x):
+        if not is_lora(x):
+            return x
+        return LoRAFactors(
+            b=jnp.where(trainable.b, x.b, jnp.zeros_like(x.b)),
+            a=jnp.where(trainable.a, x.a, jnp.zeros_like(x.a)),
+        )
+
+    return jax.tree.map(one, tree, is_leaf=is_lora)
+
+
+def validate_client_ranks(client_ranks: Any) -> Any:
+    """Factory-time check of ``client_ranks``: ``(m,)`` positive integers, or a pytree of them.
+
+    Returns:
+      ``client_ranks`` with every leaf converted to a NumPy int array (static, never traced).
+
+    Raises:
+      ValueError: naming ``client_ranks``.
+    """
+
+    def check(x):
+        if isinstance(x, jax.core.Tracer):
+            raise ValueError("client_ranks: must be concrete (a factory argument), not traced")
+        arr = np.asarray(x)
+        if arr.ndim != 1 or arr.size == 0:
+            raise ValueError(f"client_ranks: expected a 1-D (m,) array, got shape {arr.shape}")
+        if not np.issubdtype(arr.dtype, np.integer):
+            if not (np.issubdtype(arr.dtype, np.floating) and np.all(arr == np.round(arr))):
+                raise ValueError(f"client_ranks: must be integers, got {arr}")
+        arr = arr.astype(np.int64)
+        if np.any(arr < 1):
+            raise ValueError(f"client_ranks: every rank must be >= 1, got {arr}")
+        return arr
+
+    if isinstance(client_ranks, (list, tuple, np.ndarray, jax.Array)):
+        return check(client_ranks)
+    return jax.tree.map(check, client_ranks)
+
+
+def layer_client_ranks(client_ranks: Any, clients: Any) -> list[np.ndarray]:
+    """Per-layer ``(m,)`` ranks in tree order of the LoRA nodes of ``clients``, checked.
+
+    ``client_ranks`` is one ``(m,)`` array for every layer, or a pytree mirroring ``clients`` with an
+    ``(m,)`` array at every LoRA node (``None`` elsewhere). Runs at trace time (ranks are static).
+
+    Raises:
+      ValueError: naming ``client_ranks`` when its length is not ``m`` or a rank exceeds the padded
+        rank ``r_max`` or ``min(d, k)`` of a layer.
+    """
+    factors = lora_leaves(clients)
+    if isinstance(client_ranks, np.ndarray):
+        per_layer = [client_ranks] * len(factors)
+    else:
+        per_layer = jax.tree.leaves(client_ranks)
+        if len(per_layer) != len(factors):
+            raise ValueError(
+                f"client_ranks: a pytree of ranks needs one (m,) array per LoRA layer "
+                f"({len(factors)}), got {len(per_layer)}"
+            )
+    for i, (ranks, f) in enumerate(zip(per_layer, factors, strict=True)):
+        m, d, r_max = f.b.shape[-3:]
+        k = f.a.shape[-1]
+        if ranks.shape != (m,):
+            raise ValueError(
+                f"client_ranks: layer #{i} needs one rank per client, shape ({m},); got {ranks.shape}"
+            )
+        limit = min(r_max, d, k)
+        if np.any(ranks > limit):
+            raise ValueError(
+                f"client_ranks: layer #{i} ranks {ranks} exceed min(r_max, d, k) = {limit} "
+                f"(r_max = {r_max}, weight ({d}, {k}))"
+            )
+    return [np.asarray(r) for r in per_layer]
+
+
+def client_scales(ranks: np.ndarray, alpha: float | None) -> np.ndarray:
+    """Per-client LoRA scales ``s_i = alpha / r_i`` (all 1 when ``alpha`` is None)."""
+    if alpha is None:
+        return np.ones(ranks.shape, np.float64)
+    return float(alpha) / ranks.astype(np.float64)
+
+
+def check_alpha(alpha: float | None) -> float | None:
+    """Factory-time check of a LoRA ``alpha`` (None or a positive finite float)."""
+    if alpha is None:
+        return None
+    a = float(alpha)
+    if not (np.isfinite(a) and a > 0):
+        raise ValueError(f"alpha: must be None or a positive finite number, got {alpha!r}")
+    return a
+
+
+def check_scale(scale: float) -> float:
+    """Factory-time check of a LoRA ``scale`` (a finite number)."""
+    s = float(scale)
+    if not np.isfinite(s):
+        raise ValueError(f"scale: must be finite, got {scale!r}")
+    return s

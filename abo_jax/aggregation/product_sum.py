@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from abo_jax.aggregation._base import (
     ABO,
-    Broadcast,
+    LayerResult,
+    aggregate_layers,
     broadcast_to_clients,
     make_abo,
-    map_factors,
     stateless_init,
     weighted_sum,
 )
@@ -27,7 +27,8 @@ def product_sum() -> ABO:
 
     Every client receives ``(P, Q)``. PS minimizes the strong (factor) mismatch and satisfies the
     strong convergence condition (arXiv:2508.01348); its product misses ``Zbar`` by
-    ``sum_i p_i (B_i - Bbar)(A_i - Abar)``. Bytes up and down: ``r (d + k)`` values per layer.
+    ``sum_i p_i (B_i - Bbar)(A_i - Abar)``. Bytes up and down per client: ``r (d + k)`` values per
+    layer. Dense (non-LoRA) leaves of ``clients`` are averaged the same way.
 
     Returns:
       An :class:`ABO` (stateless).
@@ -43,10 +44,10 @@ def product_sum() -> ABO:
     """
 
     def core(clients, weights, state):
-        def one_layer(f: LoRAFactors):
-            mean = weighted_sum(f, weights)
-            return broadcast_to_clients(mean, f.b.shape[0])
+        def one_layer(f: LoRAFactors, _):
+            return LayerResult(factors=broadcast_to_clients(weighted_sum(f, weights), f.b.shape[0]))
 
-        return Broadcast(factors=map_factors(one_layer, clients), base_delta=None), state, {}
+        broadcast, diag = aggregate_layers(clients, weights, one_layer)
+        return broadcast, state, diag
 
     return make_abo(stateless_init, core)

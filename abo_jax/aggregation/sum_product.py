@@ -13,16 +13,15 @@ import jax.numpy as jnp
 
 from abo_jax.aggregation._base import (
     ABO,
-    Broadcast,
+    LayerResult,
+    aggregate_layers,
     broadcast_to_clients,
     make_abo,
-    map_factors,
-    stack_layer_values,
     stateless_init,
 )
-from abo_jax.lora import LoRAFactors, lora_leaves
+from abo_jax.lora import LoRAFactors
 
-__all__ = ["sum_product", "sp_svd", "stacked_svd", "split_svd"]
+__all__ = ["sum_product", "sp_svd", "stacked_svd", "svd_from_stacked", "split_svd"]
 
 Split = Literal["sqrt", "left", "right"]
 
@@ -45,9 +44,17 @@ def stacked_svd(b: jax.Array, a: jax.Array, weights: jax.Array):
     m, d, r = b.shape
     k = a.shape[-1]
     bs = jnp.transpose(weights.astype(b.dtype)[:, None, None] * b, (1, 0, 2)).reshape(d, m * r)
-    as_ = a.reshape(m * r, k)
-    qb, rb = jnp.linalg.qr(bs)  # (d, mr), (mr, mr)
-    qa, ra = jnp.linalg.qr(as_.T)  # (k, mr), (mr, mr)
+    return svd_from_stacked(bs, a.reshape(m * r, k))
+
+
+def svd_from_stacked(bs: jax.Array, as_: jax.Array):
+    """Thin SVD of ``bs @ as_`` (``(d, n) @ (n, k)``, ``n <= min(d, k)``) without forming it.
+
+    Returns:
+      ``u (d, n)``, ``s (n,)`` descending, ``vt (n, k)``.
+    """
+    qb, rb = jnp.linalg.qr(bs)  # (d, n), (n, n)
+    qa, ra = jnp.linalg.qr(as_.T)  # (k, n), (n, n)
     u_core, s, vt_core = jnp.linalg.svd(rb @ ra.T, full_matrices=False)
     return qb @ u_core, s, vt_core @ qa.T
 
@@ -73,11 +80,16 @@ def split_svd(u, s, vt, rank: int, r_out: int, split: Split = "sqrt") -> LoRAFac
     ``(U, S V^T)``.
     """
     u, s, vt = u[:, :rank], s[:rank], vt[:rank]
+    short = rank - s.shape[0]  # the SVD may have fewer than `rank` components: pad with zeros
+    if short > 0:
+        u = jnp.pad(u, ((0, 0), (0, short)))
+        s = jnp.pad(s, (0, short))
+        vt = jnp.pad(vt, ((0, short), (0, 0)))
     if split == "sqrt":
         root = jnp.sqrt(s)
-        p, q = u * root, root[:, None] * vt
+        p, q = u * root[None], root[:, None] * vt
     elif split == "left":
-        p, q = u * s, vt
+        p, q = u * s[None], vt
     elif split == "right":
         p, q = u, s[:, None] * vt
     else:
@@ -121,28 +133,23 @@ def sum_product(rank: int | None = None, split: Split = "sqrt") -> ABO:
       Chen et al., arXiv:2508.01348; Bai et al. (FlexLoRA), arXiv:2402.11505.
     """
 
-    def one_layer(f: LoRAFactors, weights):
-        m, d, r = f.b.shape
-        r_bc = r if rank is None else int(rank)
-        if not 1 <= r_bc <= r:
-            raise ValueError(f"rank: must be in [1, {r}] (the clients' rank), got {rank}")
-        u, s, vt = sp_svd(f.b, f.a, weights)
-        out = split_svd(u, s, vt, r_bc, r, split)
-        tail = jnp.sum(s[r_bc:] ** 2)
-        return broadcast_to_clients(out, m), tail
+    if rank is not None and (int(rank) != rank or rank < 1):
+        raise ValueError(f"rank: must be a positive integer or None, got {rank!r}")
+    if split not in ("sqrt", "left", "right"):
+        raise ValueError(f"split: must be 'sqrt', 'left' or 'right', got {split!r}")
 
     def core(clients, weights, state):
-        # Tree order is deterministic, so per-layer results can be zipped back in that order.
-        layer_out = iter([one_layer(f, weights) for f in lora_leaves(clients)])
-        tails = []
+        def one_layer(f: LoRAFactors, _):
+            m, d, r = f.b.shape
+            r_bc = r if rank is None else int(rank)
+            if r_bc > r:
+                raise ValueError(f"rank: must be in [1, {r}] (the clients' rank), got {rank}")
+            u, s, vt = sp_svd(f.b, f.a, weights)
+            out = split_svd(u, s, vt, r_bc, r, split)
+            tail = jnp.sum(s[r_bc:] ** 2)
+            return LayerResult(factors=broadcast_to_clients(out, m), diag={"sp_tail": tail})
 
-        def take(_):
-            factors, tail = next(layer_out)
-            tails.append(tail)
-            return factors
-
-        factors = map_factors(take, clients)
-        diag = {"sp_tail": stack_layer_values(tails)}
-        return Broadcast(factors=factors, base_delta=None), state, diag
+        broadcast, diag = aggregate_layers(clients, weights, one_layer)
+        return broadcast, state, diag
 
     return make_abo(stateless_init, core)

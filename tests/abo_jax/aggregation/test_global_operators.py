@@ -1,0 +1,217 @@
+"""Global and personalized operators against NumPy closed forms (float64)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from abo_reference import SHAPES, as_tree, draw_clients, draw_weights, ps, svd_truncate, zbar
+
+import abo_jax as aj
+
+CASES = [(shape, zero) for shape in SHAPES for zero in (False, True)]
+
+
+def _setup(shape, zero, seed=0):
+    rng = np.random.default_rng(seed + 17 * sum(shape) + zero)
+    m, d, k, r = shape
+    b, a = draw_clients(rng, m, d, k, r)
+    p = draw_weights(rng, m, zero=zero)
+    return rng, b, a, p
+
+
+@pytest.mark.parametrize("shape,zero", CASES)
+def test_sum_product_is_svd_truncation_of_zbar(shape, zero):
+    _, b, a, p = _setup(shape, zero)
+    m, d, k, r = shape
+    for rank in sorted({1, r}):
+        bc, _, diag = aj.sum_product(rank=rank).aggregate(as_tree(b, a), jnp.asarray(p))
+        f = bc.factors["layer"]
+        expected, tail = svd_truncate(zbar(b, a, p), rank)
+        for i in range(m):  # compare by products: SVD signs and rotations are arbitrary
+            np.testing.assert_allclose(f.b[i] @ f.a[i], expected, rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(diag["sp_tail"], [tail], rtol=1e-8, atol=1e-10)
+        assert f.b.shape == (m, d, r) and f.a.shape == (m, r, k)
+        # Ranks above `rank` are zero padding.
+        np.testing.assert_array_equal(f.b[:, :, rank:], 0.0)
+
+
+@pytest.mark.parametrize("shape,zero", CASES)
+def test_product_sum_averages_factors(shape, zero):
+    _, b, a, p = _setup(shape, zero)
+    bc, _, _ = aj.product_sum().aggregate(as_tree(b, a), jnp.asarray(p))
+    bbar, abar = ps(b, a, p)
+    f = bc.factors["layer"]
+    np.testing.assert_allclose(f.b, np.broadcast_to(bbar, f.b.shape), rtol=1e-12)
+    np.testing.assert_allclose(f.a, np.broadcast_to(abar, f.a.shape), rtol=1e-12)
+
+
+@pytest.mark.parametrize("shape,zero", CASES)
+def test_fedex_residual_is_exact_and_not_transposed(shape, zero):
+    rng, b, a, p = _setup(shape, zero)
+    m, d, k, r = shape
+    s = 0.75
+    w0 = rng.normal(size=(d, k))
+    bc, _, diag = aj.fedex(scale=s).aggregate(as_tree(b, a), jnp.asarray(p))
+    bbar, abar = ps(b, a, p)
+    delta = np.asarray(bc.base_delta["layer"])
+    assert delta.shape == (d, k)
+    np.testing.assert_allclose(delta, s * (zbar(b, a, p) - bbar @ abar), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(diag["residual_norm"], [np.linalg.norm(delta)], rtol=1e-12)
+    f = bc.factors["layer"]
+    for i in range(m):
+        merged = w0 + delta + s * np.asarray(f.b[i] @ f.a[i])
+        np.testing.assert_allclose(merged, w0 + s * zbar(b, a, p), rtol=1e-10, atol=1e-12)
+    if d == k and m > 1:
+        # The check above can fail: a transposed residual (the published square-layer bug) differs.
+        assert not np.allclose(
+            w0 + delta.T + s * np.asarray(f.b[0] @ f.a[0]), w0 + s * zbar(b, a, p)
+        )
+
+
+def test_fedex_square_layer_merged_through_a_flax_kernel():
+    """A square ``in_out`` kernel: add_delta_tree transposes once, the merged model is FedAvg's."""
+    rng = np.random.default_rng(3)
+    m, d, r, s = 3, 5, 2, 2.0
+    b, a = draw_clients(rng, m, d, d, r)
+    p = draw_weights(rng, m)
+    kernel = rng.normal(size=(d, d))  # (k, d) flax layout
+    bc, _, _ = aj.fedex(scale=s).aggregate(as_tree(b, a), jnp.asarray(p))
+    params = aj.add_delta_tree({"layer": jnp.asarray(kernel)}, bc.base_delta)
+    f0 = aj.LoRAFactors(bc.factors["layer"].b[0], bc.factors["layer"].a[0])
+    merged = aj.merge_lora_tree(params, {"layer": f0}, s)["layer"]
+    x = rng.normal(size=(4, d))
+    np.testing.assert_allclose(
+        x @ merged, x @ kernel + s * x @ zbar(b, a, p).T, rtol=1e-10, atol=1e-12
+    )
+
+
+@pytest.mark.parametrize("shape,zero", CASES[:6])
+def test_flora_merges_exact_sum_and_restarts(shape, zero):
+    _, b, a, p = _setup(shape, zero)
+    m, d, k, r = shape
+    s = 2.0
+    abo = aj.flora(scale=s)
+    state = abo.init(as_tree(b, a), key=jax.random.key(5))
+    bc, state1, diag = abo.aggregate(as_tree(b, a), jnp.asarray(p), state)
+    np.testing.assert_allclose(bc.base_delta["layer"], s * zbar(b, a, p), rtol=1e-10, atol=1e-12)
+    f = bc.factors["layer"]
+    np.testing.assert_array_equal(f.b, 0.0)
+    assert np.all(np.abs(f.a) <= 1.0 / np.sqrt(k)) and np.std(f.a) > 0
+    np.testing.assert_array_equal(f.a, np.broadcast_to(f.a[0], f.a.shape))  # one global restart
+    np.testing.assert_array_equal(diag["bytes_down"], (p > 0) * (p > 0).sum() * r * (d + k) * 8)
+    # Keys travel in the state: the next restart differs, and the same key reproduces it.
+    bc2, _, _ = abo.aggregate(as_tree(b, a), jnp.asarray(p), state1)
+    assert not np.allclose(bc2.factors["layer"].a, f.a)
+    bc_again, _, _ = abo.aggregate(as_tree(b, a), jnp.asarray(p), state)
+    np.testing.assert_array_equal(bc_again.factors["layer"].a, f.a)
+
+
+def test_ffa_keeps_shared_a_and_is_exact():
+    rng = np.random.default_rng(1)
+    m, d, k, r = 4, 7, 5, 2
+    b, a = draw_clients(rng, m, d, k, r)
+    a[:] = a[0]
+    p = draw_weights(rng, m, zero=True)
+    abo = aj.ffa()
+    bc, state, diag = abo.aggregate(as_tree(b, a), jnp.asarray(p), abo.init(None))
+    f = bc.factors["layer"]
+    np.testing.assert_array_equal(f.a, np.broadcast_to(a[0], f.a.shape))
+    np.testing.assert_allclose(f.b[0], ps(b, a, p)[0], rtol=1e-12)
+    np.testing.assert_allclose(f.b[0] @ f.a[0], zbar(b, a, p), rtol=1e-10, atol=1e-12)
+    np.testing.assert_array_equal(diag["bytes_up"], (p > 0) * d * r * 8)
+    np.testing.assert_array_equal(diag["a_spread"], [0.0])
+    t = aj.trainable_factors(state)
+    assert bool(t.b) and not bool(t.a)
+
+
+def test_rolora_alternates_and_is_exact():
+    rng = np.random.default_rng(2)
+    m, d, k, r = 3, 6, 4, 2
+    p = draw_weights(rng, m)
+    abo = aj.rolora()
+    b, a = draw_clients(rng, m, d, k, r)
+    a[:] = a[0]  # round 0 trains B, A shared
+    state = abo.init(as_tree(b, a))
+    assert bool(aj.trainable_factors(state).b) and not bool(aj.trainable_factors(state).a)
+    bc, state, diag = abo.aggregate(as_tree(b, a), jnp.asarray(p), state)
+    f = bc.factors["layer"]
+    np.testing.assert_allclose(f.b[1], ps(b, a, p)[0], rtol=1e-12)
+    np.testing.assert_array_equal(f.a[1], a[0])
+    np.testing.assert_allclose(f.b[0] @ f.a[0], zbar(b, a, p), rtol=1e-10)
+    assert not bool(diag["trained_a"])
+    np.testing.assert_array_equal(diag["bytes_up"], d * r * 8)
+    # Round 1 trains A with B shared.
+    assert int(state.round) == 1 and bool(aj.rolora_trainable(state).a)
+    b2 = np.broadcast_to(np.asarray(f.b[0]), (m, d, r)).copy()
+    a2 = rng.normal(size=(m, r, k))
+    bc, state, diag = abo.aggregate(as_tree(b2, a2), jnp.asarray(p), state)
+    f = bc.factors["layer"]
+    np.testing.assert_allclose(f.a[2], ps(b2, a2, p)[1], rtol=1e-12)
+    np.testing.assert_array_equal(f.b[2], b2[0])
+    np.testing.assert_allclose(f.b[0] @ f.a[0], zbar(b2, a2, p), rtol=1e-10)
+    assert bool(diag["trained_a"])
+    np.testing.assert_array_equal(diag["bytes_up"], r * k * 8)
+    assert int(state.round) == 2 and bool(aj.rolora_trainable(state).b)
+
+
+def test_freeze_factors_zeroes_the_frozen_factor():
+    upd = {"l": aj.LoRAFactors(jnp.ones((2, 3, 1)), jnp.ones((2, 1, 4))), "bias": jnp.ones(3)}
+    out = aj.freeze_factors(upd, aj.rolora_trainable(aj.RoLoRAState(round=jnp.array(1))))
+    np.testing.assert_array_equal(out["l"].b, 0.0)
+    np.testing.assert_array_equal(out["l"].a, 1.0)
+    np.testing.assert_array_equal(out["bias"], 1.0)
+    both = aj.trainable_factors(aj.EmptyState())
+    assert bool(both.a) and bool(both.b)
+
+
+@pytest.mark.parametrize("shape,zero", CASES[:4])
+def test_fedsa_shares_a_keeps_personal_b(shape, zero):
+    _, b, a, p = _setup(shape, zero)
+    m, d, k, r = shape
+    bc, _, diag = aj.fedsa().aggregate(as_tree(b, a), jnp.asarray(p))
+    f = bc.factors["layer"]
+    np.testing.assert_array_equal(f.b, b)
+    np.testing.assert_allclose(f.a, np.broadcast_to(ps(b, a, p)[1], a.shape), rtol=1e-12)
+    np.testing.assert_array_equal(diag["bytes_up"], (p > 0) * r * k * 8)
+
+
+def test_dense_leaves_are_averaged():
+    rng = np.random.default_rng(4)
+    b, a = draw_clients(rng, 3, 5, 4, 2)
+    bias = rng.normal(size=(3, 5))
+    p = draw_weights(rng, 3)
+    tree = as_tree(b, a, bias=jnp.asarray(bias), frozen=None)
+    bc, _, diag = aj.product_sum().aggregate(tree, jnp.asarray(p))
+    np.testing.assert_allclose(bc.factors["bias"], np.broadcast_to(p @ bias, (3, 5)), rtol=1e-12)
+    assert bc.factors["frozen"] is None
+    np.testing.assert_array_equal(diag["bytes_up"], 2 * (5 + 4) * 8 + 5 * 8)
+
+
+def test_fedavg_full_and_merged_helpers():
+    rng = np.random.default_rng(6)
+    m, d, k, r, s = 4, 6, 5, 2, 0.5
+    b, a = draw_clients(rng, m, d, k, r)
+    p = draw_weights(rng, m, zero=True)
+    w0 = rng.normal(size=(d, k))
+    dense = rng.normal(size=(m, 3, 2))
+    bc, _, diag = aj.fedavg_full().aggregate({"w": jnp.asarray(dense)}, jnp.asarray(p))
+    np.testing.assert_allclose(
+        bc.factors["w"], np.broadcast_to(np.einsum("c,cij->ij", p, dense), dense.shape)
+    )
+    np.testing.assert_array_equal(diag["bytes_up"], (p > 0) * 6 * 8)
+    # FedAvg of the merged weights W0 + s B_i A_i is W0 + s Zbar.
+    base = {"layer": jnp.asarray(w0)}
+    merged = aj.merge_clients(base, as_tree(b, a), s)
+    bc, _, _ = aj.fedavg_full().aggregate(merged, jnp.asarray(p))
+    np.testing.assert_allclose(bc.factors["layer"][0], w0 + s * zbar(b, a, p), rtol=1e-10)
+    # The gap to FedAvg: 0 for FedEx-LoRA, s sqrt(tail) for SP.
+    clients = as_tree(b, a)
+    gap = aj.fedavg_gap(
+        base, clients, jnp.asarray(p), aj.fedex(scale=s).aggregate(clients, jnp.asarray(p))[0], s
+    )
+    np.testing.assert_allclose(gap, 0.0, atol=1e-10)
+    bc_sp, _, diag = aj.sum_product(rank=1).aggregate(clients, jnp.asarray(p))
+    gap = aj.fedavg_gap(base, clients, jnp.asarray(p), bc_sp, s)
+    np.testing.assert_allclose(gap, np.full((1, m), s * np.sqrt(diag["sp_tail"][0])), rtol=1e-8)
+    with pytest.raises(ValueError, match="clients"):
+        aj.fedavg_full().aggregate(clients, jnp.asarray(p))
