@@ -53,7 +53,8 @@ _IDX_DTYPES = {
 
 _GZIP_MAGIC = b"\x1f\x8b"
 
-# name -> (environment variable, default directory or None, where to get it, torchvision folder)
+# name -> environment variable, default directory (or None), sub-directory names under
+# $ABO_JAX_DATA_DIR (also torchvision's <Name>/raw), and how to get the files.
 MNIST_FAMILY: dict[str, dict[str, str | None]] = {
     "mnist": {
         "env": "ABO_JAX_MNIST_DIR",
@@ -125,7 +126,7 @@ def load_idx(path: str | os.PathLike) -> np.ndarray:
 
     Example:
       >>> images = load_idx("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")  # doctest: +SKIP
-      >>> images.shape, images.dtype
+      >>> images.shape, images.dtype  # doctest: +SKIP
       ((10000, 28, 28), dtype('uint8'))
     """
     path = Path(path)
@@ -176,13 +177,13 @@ def _candidate_dirs(name: str, directory: str | os.PathLike | None) -> list[Path
         roots = [Path(directory)]
     elif os.environ.get(str(info["env"])):
         roots = [Path(os.environ[str(info["env"])])]
-    elif os.environ.get(_DATA_DIR_ENV):
-        base = Path(os.environ[_DATA_DIR_ENV])
-        roots = [base / sub for sub in str(info["subdirs"]).split(",")]
-    elif info["default"] is not None:
-        roots = [Path(str(info["default"]))]
     else:
         roots = []
+        if os.environ.get(_DATA_DIR_ENV):
+            base = Path(os.environ[_DATA_DIR_ENV])
+            roots += [base / sub for sub in str(info["subdirs"]).split(",")]
+        if info["default"] is not None:
+            roots.append(Path(str(info["default"])))
     # Also accept torchvision's layout (<root>/<Name>/raw/...) and a plain <root>/raw.
     out = []
     for root in roots:
@@ -213,7 +214,8 @@ def mnist_family_directory(
     Search order: ``directory`` if given; else the per-data-set variable (``ABO_JAX_MNIST_DIR``,
     ``ABO_JAX_FASHION_MNIST_DIR``, ``ABO_JAX_KMNIST_DIR``, ``ABO_JAX_QMNIST_DIR``); else
     ``$ABO_JAX_DATA_DIR/<name>`` (``<name>`` one of e.g. ``fashion-mnist``, ``fashion_mnist``,
-    ``FashionMNIST``); else the default (Fashion-MNIST only: ``/usr/share/datasets/fashion-mnist``).
+    ``FashionMNIST``), then the default (Fashion-MNIST only: ``/usr/share/datasets/fashion-mnist``).
+    An explicit ``directory`` or per-data-set variable is searched alone (no fallback).
     Inside each, the files may also sit in ``raw/`` or ``<Name>/raw/`` (torchvision's layout).
 
     Args:
@@ -286,7 +288,7 @@ def load_mnist_family(
 
     Example:
       >>> x, y = load_mnist_family(name="fashion_mnist", split="test")  # doctest: +SKIP
-      >>> x.shape, x.dtype, y.shape, y.dtype
+      >>> x.shape, x.dtype, y.shape, y.dtype  # doctest: +SKIP
       ((10000, 28, 28), dtype('float32'), (10000,), dtype('int32'))
     """
     name = _normalize_name(name)

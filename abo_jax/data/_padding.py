@@ -46,6 +46,7 @@ def pad_clients(
       bool and ``sizes (m,)`` int32, as jax arrays.
 
     Example:
+      >>> from abo_jax.data import iid
       >>> p = iid(np.arange(10) % 2, num_clients=3, key=0)
       >>> data = pad_clients(np.ones((10, 4), np.float32), np.arange(10) % 2, p)
       >>> data.x.shape, data.mask.sum(axis=1).tolist()

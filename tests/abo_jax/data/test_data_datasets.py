@@ -55,3 +55,13 @@ def test_stratified_split_errors_and_cover():
     np.testing.assert_array_equal(np.bincount(y[test], minlength=3), [1, 1, 2])
     with pytest.raises(ValueError, match="test_fraction"):
         stratified_split(y, 1.0, seed=0)
+
+
+@pytest.mark.parametrize("module", ["_datasets", "_partition", "_padding"])
+def test_docstring_examples(module):
+    import doctest
+    import importlib
+
+    mod = importlib.import_module(f"abo_jax.data.{module}")
+    result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0

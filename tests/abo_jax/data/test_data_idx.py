@@ -213,3 +213,20 @@ def test_unknown_names():
         load_dataset("cifar10")
     with pytest.raises(ValueError, match="unknown MNIST-family"):
         load_mnist_family(name="emnist")
+
+
+def test_default_directory_is_the_fallback(tmp_path, monkeypatch):
+    from abo_jax.data import MNIST_FAMILY
+
+    a = _family(tmp_path / "debian", seed=5)
+    monkeypatch.setitem(MNIST_FAMILY["fashion_mnist"], "default", str(tmp_path / "debian"))
+    monkeypatch.delenv("ABO_JAX_FASHION_MNIST_DIR", raising=False)
+    monkeypatch.delenv("ABO_JAX_DATA_DIR", raising=False)
+    _, y = load_mnist_family(split="test")
+    np.testing.assert_array_equal(y, a["test"][1])
+    # ABO_JAX_DATA_DIR without a fashion-mnist sub-directory falls back to the default
+    monkeypatch.setenv("ABO_JAX_DATA_DIR", str(tmp_path / "empty-root"))
+    assert mnist_family_directory("fashion_mnist") == tmp_path / "debian"
+    # an explicit directory does not fall back
+    with pytest.raises(FileNotFoundError, match="empty-root"):
+        load_mnist_family(tmp_path / "empty-root", split="test")

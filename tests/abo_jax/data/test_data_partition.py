@@ -171,3 +171,11 @@ def test_plot_partition():
     assert ax.get_title() == p.scheme
     with pytest.raises(ValueError, match="class_names"):
         plot_partition(p, ax, class_names=["a"])
+    # without an Axes, a new pyplot figure is made
+    import matplotlib.pyplot as plt
+
+    ax = plot_partition(p, class_names=[f"c{c}" for c in range(10)])
+    try:
+        assert [t.get_text() for t in ax.get_legend().get_texts()] == [f"c{c}" for c in range(10)]
+    finally:
+        plt.close(ax.figure)
