@@ -7,6 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
 
 from abo_jax.data import (
     ClientData,
@@ -136,3 +138,29 @@ def test_epoch_batches_errors():
         epoch_batches(jax.random.key(0), jnp.ones((2, 3), bool), 2)
     with pytest.raises(ValueError, match="batch_size"):
         epoch_batches(jax.random.key(0), jnp.ones(3, bool), 0)
+
+
+@given(
+    sizes=st.lists(st.integers(0, 9), min_size=1, max_size=6),
+    extra=st.integers(0, 3),
+    seed=st.integers(0, 2**16),
+)
+def test_pad_clients_property(sizes, extra, seed):
+    """Any disjoint index sets (empty clients included) round-trip through the padded layout."""
+    assume(sum(sizes) > 0)
+    r = np.random.default_rng(seed)
+    n = sum(sizes) + extra
+    x = r.normal(size=(n, 2))
+    y = r.integers(0, 3, size=n)
+    perm = r.permutation(n)
+    parts = np.split(perm[: sum(sizes)], np.cumsum(sizes)[:-1])
+    p = make_partition(parts, y, num_classes=3)
+    data = ClientData(*(np.asarray(a) for a in pad_clients(x, y, p)))
+    np.testing.assert_array_equal(data.sizes, sizes)
+    np.testing.assert_array_equal(data.mask.sum(1), sizes)
+    # rows of client i, in order, are x[sorted(parts[i])]; the padding is zero
+    for i, part in enumerate(parts):
+        np.testing.assert_array_equal(data.x[i][data.mask[i]], x[np.sort(part)])
+        np.testing.assert_array_equal(data.y[i][data.mask[i]], y[np.sort(part)])
+    assert np.all(data.x[~data.mask] == 0) and np.all(data.y[~data.mask] == 0)
+    np.testing.assert_allclose(client_weights(data.sizes), np.array(sizes) / sum(sizes), rtol=1e-15)
