@@ -112,3 +112,13 @@ def operator_zoo(m: int, r: int):
         "rbla": (aj.rbla(ranks), False),
         "flexlora": (aj.flexlora(ranks, alpha=2.0), False),
     }
+
+
+def jitted(abo):
+    """``jax.jit(abo.aggregate)``: one compile per test case is faster than eager dispatch.
+
+    Concrete-input validation is skipped under jit; it is tested eagerly in test_validation.py.
+    """
+    import jax
+
+    return jax.jit(abo.aggregate)

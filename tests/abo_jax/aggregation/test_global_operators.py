@@ -4,7 +4,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from abo_reference import SHAPES, as_tree, draw_clients, draw_weights, ps, svd_truncate, zbar
+from abo_reference import (
+    SHAPES,
+    as_tree,
+    draw_clients,
+    draw_weights,
+    jitted,
+    ps,
+    svd_truncate,
+    zbar,
+)
 
 import abo_jax as aj
 
@@ -24,7 +33,7 @@ def test_sum_product_is_svd_truncation_of_zbar(shape, zero):
     _, b, a, p = _setup(shape, zero)
     m, d, k, r = shape
     for rank in sorted({1, r}):
-        bc, _, diag = aj.sum_product(rank=rank).aggregate(as_tree(b, a), jnp.asarray(p))
+        bc, _, diag = jitted(aj.sum_product(rank=rank))(as_tree(b, a), jnp.asarray(p))
         f = bc.factors["layer"]
         expected, tail = svd_truncate(zbar(b, a, p), rank)
         for i in range(m):  # compare by products: SVD signs and rotations are arbitrary
@@ -38,7 +47,7 @@ def test_sum_product_is_svd_truncation_of_zbar(shape, zero):
 @pytest.mark.parametrize("shape,zero", CASES)
 def test_product_sum_averages_factors(shape, zero):
     _, b, a, p = _setup(shape, zero)
-    bc, _, _ = aj.product_sum().aggregate(as_tree(b, a), jnp.asarray(p))
+    bc, _, _ = jitted(aj.product_sum())(as_tree(b, a), jnp.asarray(p))
     bbar, abar = ps(b, a, p)
     f = bc.factors["layer"]
     np.testing.assert_allclose(f.b, np.broadcast_to(bbar, f.b.shape), rtol=1e-12)
@@ -51,7 +60,7 @@ def test_fedex_residual_is_exact_and_not_transposed(shape, zero):
     m, d, k, r = shape
     s = 0.75
     w0 = rng.normal(size=(d, k))
-    bc, _, diag = aj.fedex(scale=s).aggregate(as_tree(b, a), jnp.asarray(p))
+    bc, _, diag = jitted(aj.fedex(scale=s))(as_tree(b, a), jnp.asarray(p))
     bbar, abar = ps(b, a, p)
     delta = np.asarray(bc.base_delta["layer"])
     assert delta.shape == (d, k)
@@ -75,7 +84,7 @@ def test_fedex_square_layer_merged_through_a_flax_kernel():
     b, a = draw_clients(rng, m, d, d, r)
     p = draw_weights(rng, m)
     kernel = rng.normal(size=(d, d))  # (k, d) flax layout
-    bc, _, _ = aj.fedex(scale=s).aggregate(as_tree(b, a), jnp.asarray(p))
+    bc, _, _ = jitted(aj.fedex(scale=s))(as_tree(b, a), jnp.asarray(p))
     params = aj.add_delta_tree({"layer": jnp.asarray(kernel)}, bc.base_delta)
     f0 = aj.LoRAFactors(bc.factors["layer"].b[0], bc.factors["layer"].a[0])
     merged = aj.merge_lora_tree(params, {"layer": f0}, s)["layer"]
@@ -92,7 +101,8 @@ def test_flora_merges_exact_sum_and_restarts(shape, zero):
     s = 2.0
     abo = aj.flora(scale=s)
     state = abo.init(as_tree(b, a), key=jax.random.key(5))
-    bc, state1, diag = abo.aggregate(as_tree(b, a), jnp.asarray(p), state)
+    agg = jitted(abo)
+    bc, state1, diag = agg(as_tree(b, a), jnp.asarray(p), state)
     np.testing.assert_allclose(bc.base_delta["layer"], s * zbar(b, a, p), rtol=1e-10, atol=1e-12)
     f = bc.factors["layer"]
     np.testing.assert_array_equal(f.b, 0.0)
@@ -100,9 +110,9 @@ def test_flora_merges_exact_sum_and_restarts(shape, zero):
     np.testing.assert_array_equal(f.a, np.broadcast_to(f.a[0], f.a.shape))  # one global restart
     np.testing.assert_array_equal(diag["bytes_down"], (p > 0) * (p > 0).sum() * r * (d + k) * 8)
     # Keys travel in the state: the next restart differs, and the same key reproduces it.
-    bc2, _, _ = abo.aggregate(as_tree(b, a), jnp.asarray(p), state1)
+    bc2, _, _ = agg(as_tree(b, a), jnp.asarray(p), state1)
     assert not np.allclose(bc2.factors["layer"].a, f.a)
-    bc_again, _, _ = abo.aggregate(as_tree(b, a), jnp.asarray(p), state)
+    bc_again, _, _ = agg(as_tree(b, a), jnp.asarray(p), state)
     np.testing.assert_array_equal(bc_again.factors["layer"].a, f.a)
 
 
@@ -168,7 +178,7 @@ def test_freeze_factors_zeroes_the_frozen_factor():
 def test_fedsa_shares_a_keeps_personal_b(shape, zero):
     _, b, a, p = _setup(shape, zero)
     m, d, k, r = shape
-    bc, _, diag = aj.fedsa().aggregate(as_tree(b, a), jnp.asarray(p))
+    bc, _, diag = jitted(aj.fedsa())(as_tree(b, a), jnp.asarray(p))
     f = bc.factors["layer"]
     np.testing.assert_array_equal(f.b, b)
     np.testing.assert_allclose(f.a, np.broadcast_to(ps(b, a, p)[1], a.shape), rtol=1e-12)
@@ -181,7 +191,7 @@ def test_dense_leaves_are_averaged():
     bias = rng.normal(size=(3, 5))
     p = draw_weights(rng, 3)
     tree = as_tree(b, a, bias=jnp.asarray(bias), frozen=None)
-    bc, _, diag = aj.product_sum().aggregate(tree, jnp.asarray(p))
+    bc, _, diag = jitted(aj.product_sum())(tree, jnp.asarray(p))
     np.testing.assert_allclose(bc.factors["bias"], np.broadcast_to(p @ bias, (3, 5)), rtol=1e-12)
     assert bc.factors["frozen"] is None
     np.testing.assert_array_equal(diag["bytes_up"], 2 * (5 + 4) * 8 + 5 * 8)
@@ -194,7 +204,7 @@ def test_fedavg_full_and_merged_helpers():
     p = draw_weights(rng, m, zero=True)
     w0 = rng.normal(size=(d, k))
     dense = rng.normal(size=(m, 3, 2))
-    bc, _, diag = aj.fedavg_full().aggregate({"w": jnp.asarray(dense)}, jnp.asarray(p))
+    bc, _, diag = jitted(aj.fedavg_full())({"w": jnp.asarray(dense)}, jnp.asarray(p))
     np.testing.assert_allclose(
         bc.factors["w"], np.broadcast_to(np.einsum("c,cij->ij", p, dense), dense.shape)
     )
@@ -202,16 +212,16 @@ def test_fedavg_full_and_merged_helpers():
     # FedAvg of the merged weights W0 + s B_i A_i is W0 + s Zbar.
     base = {"layer": jnp.asarray(w0)}
     merged = aj.merge_clients(base, as_tree(b, a), s)
-    bc, _, _ = aj.fedavg_full().aggregate(merged, jnp.asarray(p))
+    bc, _, _ = jitted(aj.fedavg_full())(merged, jnp.asarray(p))
     np.testing.assert_allclose(bc.factors["layer"][0], w0 + s * zbar(b, a, p), rtol=1e-10)
     # The gap to FedAvg: 0 for FedEx-LoRA, s sqrt(tail) for SP.
     clients = as_tree(b, a)
     gap = aj.fedavg_gap(
-        base, clients, jnp.asarray(p), aj.fedex(scale=s).aggregate(clients, jnp.asarray(p))[0], s
+        base, clients, jnp.asarray(p), jitted(aj.fedex(scale=s))(clients, jnp.asarray(p))[0], s
     )
     np.testing.assert_allclose(gap, 0.0, atol=1e-10)
-    bc_sp, _, diag = aj.sum_product(rank=1).aggregate(clients, jnp.asarray(p))
+    bc_sp, _, diag = jitted(aj.sum_product(rank=1))(clients, jnp.asarray(p))
     gap = aj.fedavg_gap(base, clients, jnp.asarray(p), bc_sp, s)
     np.testing.assert_allclose(gap, np.full((1, m), s * np.sqrt(diag["sp_tail"][0])), rtol=1e-8)
     with pytest.raises(ValueError, match="clients"):
-        aj.fedavg_full().aggregate(clients, jnp.asarray(p))
+        jitted(aj.fedavg_full())(clients, jnp.asarray(p))
