@@ -122,3 +122,12 @@ def jitted(abo):
     import jax
 
     return jax.jit(abo.aggregate)
+
+
+@__import__("functools").lru_cache(maxsize=None)
+def cached(factory, *args, **kwargs):
+    """``jitted(factory(*args, **kwargs))``, shared across tests (jit then reuses compiled shapes).
+
+    Only for hashable (non-array) factory arguments.
+    """
+    return jitted(factory(*args, **kwargs))

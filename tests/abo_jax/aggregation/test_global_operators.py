@@ -7,6 +7,7 @@ import pytest
 from abo_reference import (
     SHAPES,
     as_tree,
+    cached,
     draw_clients,
     draw_weights,
     jitted,
@@ -33,7 +34,7 @@ def test_sum_product_is_svd_truncation_of_zbar(shape, zero):
     _, b, a, p = _setup(shape, zero)
     m, d, k, r = shape
     for rank in sorted({1, r}):
-        bc, _, diag = jitted(aj.sum_product(rank=rank))(as_tree(b, a), jnp.asarray(p))
+        bc, _, diag = cached(aj.sum_product, rank=rank)(as_tree(b, a), jnp.asarray(p))
         f = bc.factors["layer"]
         expected, tail = svd_truncate(zbar(b, a, p), rank)
         for i in range(m):  # compare by products: SVD signs and rotations are arbitrary
@@ -47,7 +48,7 @@ def test_sum_product_is_svd_truncation_of_zbar(shape, zero):
 @pytest.mark.parametrize("shape,zero", CASES)
 def test_product_sum_averages_factors(shape, zero):
     _, b, a, p = _setup(shape, zero)
-    bc, _, _ = jitted(aj.product_sum())(as_tree(b, a), jnp.asarray(p))
+    bc, _, _ = cached(aj.product_sum)(as_tree(b, a), jnp.asarray(p))
     bbar, abar = ps(b, a, p)
     f = bc.factors["layer"]
     np.testing.assert_allclose(f.b, np.broadcast_to(bbar, f.b.shape), rtol=1e-12)
@@ -178,7 +179,7 @@ def test_freeze_factors_zeroes_the_frozen_factor():
 def test_fedsa_shares_a_keeps_personal_b(shape, zero):
     _, b, a, p = _setup(shape, zero)
     m, d, k, r = shape
-    bc, _, diag = jitted(aj.fedsa())(as_tree(b, a), jnp.asarray(p))
+    bc, _, diag = cached(aj.fedsa)(as_tree(b, a), jnp.asarray(p))
     f = bc.factors["layer"]
     np.testing.assert_array_equal(f.b, b)
     np.testing.assert_allclose(f.a, np.broadcast_to(ps(b, a, p)[1], a.shape), rtol=1e-12)
@@ -191,7 +192,7 @@ def test_dense_leaves_are_averaged():
     bias = rng.normal(size=(3, 5))
     p = draw_weights(rng, 3)
     tree = as_tree(b, a, bias=jnp.asarray(bias), frozen=None)
-    bc, _, diag = jitted(aj.product_sum())(tree, jnp.asarray(p))
+    bc, _, diag = cached(aj.product_sum)(tree, jnp.asarray(p))
     np.testing.assert_allclose(bc.factors["bias"], np.broadcast_to(p @ bias, (3, 5)), rtol=1e-12)
     assert bc.factors["frozen"] is None
     np.testing.assert_array_equal(diag["bytes_up"], 2 * (5 + 4) * 8 + 5 * 8)
@@ -204,7 +205,7 @@ def test_fedavg_full_and_merged_helpers():
     p = draw_weights(rng, m, zero=True)
     w0 = rng.normal(size=(d, k))
     dense = rng.normal(size=(m, 3, 2))
-    bc, _, diag = jitted(aj.fedavg_full())({"w": jnp.asarray(dense)}, jnp.asarray(p))
+    bc, _, diag = cached(aj.fedavg_full)({"w": jnp.asarray(dense)}, jnp.asarray(p))
     np.testing.assert_allclose(
         bc.factors["w"], np.broadcast_to(np.einsum("c,cij->ij", p, dense), dense.shape)
     )
@@ -212,7 +213,7 @@ def test_fedavg_full_and_merged_helpers():
     # FedAvg of the merged weights W0 + s B_i A_i is W0 + s Zbar.
     base = {"layer": jnp.asarray(w0)}
     merged = aj.merge_clients(base, as_tree(b, a), s)
-    bc, _, _ = jitted(aj.fedavg_full())(merged, jnp.asarray(p))
+    bc, _, _ = cached(aj.fedavg_full)(merged, jnp.asarray(p))
     np.testing.assert_allclose(bc.factors["layer"][0], w0 + s * zbar(b, a, p), rtol=1e-10)
     # The gap to FedAvg: 0 for FedEx-LoRA, s sqrt(tail) for SP.
     clients = as_tree(b, a)
@@ -220,8 +221,8 @@ def test_fedavg_full_and_merged_helpers():
         base, clients, jnp.asarray(p), jitted(aj.fedex(scale=s))(clients, jnp.asarray(p))[0], s
     )
     np.testing.assert_allclose(gap, 0.0, atol=1e-10)
-    bc_sp, _, diag = jitted(aj.sum_product(rank=1))(clients, jnp.asarray(p))
+    bc_sp, _, diag = cached(aj.sum_product, rank=1)(clients, jnp.asarray(p))
     gap = aj.fedavg_gap(base, clients, jnp.asarray(p), bc_sp, s)
     np.testing.assert_allclose(gap, np.full((1, m), s * np.sqrt(diag["sp_tail"][0])), rtol=1e-8)
     with pytest.raises(ValueError, match="clients"):
-        jitted(aj.fedavg_full())(clients, jnp.asarray(p))
+        cached(aj.fedavg_full)(clients, jnp.asarray(p))
