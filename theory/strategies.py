@@ -218,6 +218,7 @@ def perturbation_sets(
     max_dim: int = 4,
     max_rank: int = 2,
     weight_kind: str = "integers",
+    shape: st.SearchStrategy[Shape] | None = None,
 ) -> st.SearchStrategy[PerturbationSet]:
     """Clients as small perturbations of a common start, as one round of local training makes them.
 
@@ -231,14 +232,18 @@ def perturbation_sets(
         drawn) or ``"any"``.
       min_clients, max_clients, max_dim, max_rank: size limits (one layer, named ``layer0``).
       weight_kind: see :func:`weights`.
+      shape: a strategy of :class:`Shape` to use instead of the size limits (e.g. a few fixed
+        shapes, so that jitted code compiles once per shape).
     """
     if start not in ("standard", "generic", "any"):
         raise ValueError(f"start: expected 'standard', 'generic' or 'any', got {start!r}")
 
     @st.composite
     def draw_set(draw):
-        s = draw(shapes(min_clients=min_clients, max_clients=max_clients, max_dim=max_dim,
-                        max_rank=max_rank))  # fmt: skip
+        s = draw(shape) if shape is not None else draw(
+            shapes(min_clients=min_clients, max_clients=max_clients, max_dim=max_dim,
+                   max_rank=max_rank)
+        )  # fmt: skip
         kind = draw(st.sampled_from(["generic", "standard"])) if start == "any" else start
         a0 = draw(arrays((s.r, s.k)))
         b0 = np.zeros((s.d, s.r)) if kind == "standard" else draw(arrays((s.d, s.r)))

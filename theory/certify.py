@@ -1,0 +1,659 @@
+r"""``certify``: check an aggregation-broadcast operator against the theory without a training run.
+
+**Our formalization** of the conditions of Chen et al., arXiv:2508.01348 (DESIGN.md, "Convergence
+theory as code"). Two kinds of checks:
+
+1. **Exact identities** 1-9 of DESIGN.md on random float64 inputs. Which apply is decided by what the
+   operator returns on generic inputs: *global* (every client receives the same factors), *PS-like*
+   (the factors are the averages ``(\bar B, \bar A)``), *SP-like* (global, no ``base_delta``, and the
+   product depends on the clients' products only). Each identity is reported as ``holds``,
+   ``violated`` or ``n/a`` with its largest relative error.
+2. **Conditions as drift -> 0.** Clients are a common start plus perturbations of size ``delta``
+   (``B_i = B_0 + delta U_i``, ``A_i = A_0 + delta V_i`` with ``sum_i p_i (\|U_i\|^2 + \|V_i\|^2)
+   = 1``), which is what a round of local training with step ``eta`` does (``delta ~ eta E G``).
+   The weak condition holds when ``sup R_w / delta^2`` stays bounded as ``delta -> 0``, the strong
+   one when ``sup (R_B + R_A) / delta^2`` does. The sup over inputs is searched by Hypothesis
+   (starts: the standard ``B_0 = 0`` and generic ones; a violation is an input whose ratio grows by
+   ``x100`` when ``delta`` shrinks ``x100``, and Hypothesis shrinks it to a minimal counterexample)
+   and by gradient ascent (``jax.grad``) over the perturbation directions at each ``delta`` of a
+   geometric sweep, decided by :func:`theory.conditions.growth_verdict`.
+
+A ``base_delta`` counts in the product: the effective broadcast product is ``P Q + base_delta / s``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from hypothesis import HealthCheck, Phase, find, settings
+from hypothesis import strategies as st
+from hypothesis.errors import NoSuchExample, Unsatisfiable
+
+from abo_jax import ABO, Broadcast, EmptyState, LoRAFactors, broadcast_to_clients, make_abo
+from theory import strategies
+from theory.conditions import BOUNDED, INSUFFICIENT, UNBOUNDED, GrowthEvidence, growth_verdict
+from theory.functionals import strong_mismatch, weak_mismatch
+
+__all__ = [
+    "HOLDS",
+    "VIOLATED",
+    "NOT_APPLICABLE",
+    "KNOWN_OPERATORS",
+    "IdentityCheck",
+    "ConditionCheck",
+    "CertifyReport",
+    "certify",
+    "check_identities",
+    "available_operators",
+    "resolve_operator",
+    "first_client_only",
+]
+
+HOLDS, VIOLATED, NOT_APPLICABLE = "holds", "violated", "n/a"
+
+#: abo_jax factories certify knows by name (those present in this install are used).
+KNOWN_OPERATORS = (
+    "sum_product",
+    "product_sum",
+    "fedex",
+    "flora",
+    "ffa",
+    "rolora",
+    "fedsa",
+    "hetlora",
+    "rbla",
+    "flexlora",
+)
+
+IDENTITY_NAMES = {
+    1: "R_w = R_w* + ||PQ - Zbar||^2",
+    2: "SP: ||Zbar - PQ||^2 = tail_r",
+    3: "SP: R_w <= R_w(PS)",
+    4: "PS: Zbar - PQ = covariance form",
+    5: "PS: R_B = R_B*, R_A = R_A*",
+    6: "strong implies weak (per client)",
+    7: "product-only (gauge invariant)",
+    8: "exactness cases",
+    9: "permutation invariance",
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Operators
+# ---------------------------------------------------------------------------------------------
+
+
+def first_client_only() -> ABO:
+    r"""A deliberately **wrong** operator, for testing :func:`certify`: ``P = p_1 B_1``, ``Q = p_1 A_1``.
+
+    It broadcasts only the first client's factors scaled by its weight; it violates the weak
+    condition (its product ``p_1^2 B_1 A_1`` misses every client's product by ``O(1)`` at a generic
+    start, however small the drift).
+    """
+
+    def core(clients, weights, state):
+        def one(f):
+            w0 = weights[0].astype(f.b.dtype)
+            return broadcast_to_clients(LoRAFactors(w0 * f.b[0], w0 * f.a[0]), f.b.shape[0])
+
+        factors = jax.tree.map(one, clients, is_leaf=lambda x: isinstance(x, LoRAFactors))
+        return Broadcast(factors, None), state, {}
+
+    return make_abo(lambda clients=None, *, key=None: EmptyState(), core)
+
+
+def _probe(abo: ABO) -> None:
+    b = jnp.asarray(np.arange(6.0).reshape(2, 3, 1) / 6)
+    a = jnp.asarray(np.arange(6.0).reshape(2, 1, 3) / 5 + 1)
+    clients = {"layer0": LoRAFactors(b, a)}
+    bc, _, _ = abo.aggregate(
+        clients, jnp.array([0.5, 0.5]), abo.init(clients, key=jax.random.key(0))
+    )
+    jax.block_until_ready(bc)
+
+
+def available_operators() -> dict[str, Callable[[], ABO]]:
+    """The operators of :data:`KNOWN_OPERATORS` present in ``abo_jax`` and usable with defaults.
+
+    An operator counts when its factory takes no required argument and it aggregates a tiny stacked
+    client tree; operators still being written are left out.
+    """
+    import abo_jax
+
+    out = {}
+    for name in KNOWN_OPERATORS:
+        factory = getattr(abo_jax, name, None)
+        if factory is None:
+            continue
+        try:
+            _probe(factory())
+        except Exception:  # an operator that cannot run with defaults is not certifiable by name
+            continue
+        out[name] = factory
+    return out
+
+
+def resolve_operator(spec: str) -> tuple[str, ABO]:
+    """An operator from a name (``"sum_product"``) or ``"module:function"`` (factory or ABO).
+
+    Raises:
+      ValueError: unknown name, missing module or attribute, or not an :class:`abo_jax.ABO`.
+    """
+    if ":" in spec:
+        module, _, attr = spec.partition(":")
+        try:
+            obj = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as e:
+            raise ValueError(f"operator {spec!r}: cannot import ({e})") from e
+        abo = obj if isinstance(obj, ABO) else obj() if callable(obj) else None
+        if not isinstance(abo, ABO):
+            raise ValueError(f"operator {spec!r}: expected an ABO or a factory returning one")
+        return spec, abo
+    import abo_jax
+
+    factory = getattr(abo_jax, spec, None) if spec in KNOWN_OPERATORS else None
+    if factory is None:
+        raise ValueError(
+            f"operator {spec!r}: unknown; use one of {sorted(available_operators())} "
+            "or 'module:function'"
+        )
+    return spec, factory()
+
+
+# ---------------------------------------------------------------------------------------------
+# Exact identities
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class IdentityCheck:
+    """One DESIGN.md identity on one operator."""
+
+    number: int
+    name: str
+    status: str  # "holds", "violated" or "n/a"
+    max_rel_error: float  # largest relative error over the cases (nan when n/a)
+    note: str = ""
+
+
+_JITTED: dict[int, tuple[ABO, Callable]] = {}
+
+
+def _aggregate(abo: ABO, clients, weights, state):
+    """``abo.aggregate`` jitted once per operator (one compile per shape), eager if it cannot jit."""
+    entry = _JITTED.get(id(abo))
+    if entry is None or entry[0] is not abo:
+        entry = (abo, jax.jit(lambda c, w, s: abo.aggregate(c, w, s)))
+        _JITTED[id(abo)] = entry
+    try:
+        return entry[1](clients, weights, state)
+    except (jax.errors.ConcretizationTypeError, jax.errors.TracerBoolConversionError):
+        return abo.aggregate(clients, weights, state)
+
+
+def _apply(abo: ABO, b: np.ndarray, a: np.ndarray, w: np.ndarray, scale: float):
+    """Runs the operator on one layer; returns ``P (m,d,r)``, ``Q (m,r,k)``, delta/s or None."""
+    clients = {"layer0": LoRAFactors(jnp.asarray(b), jnp.asarray(a))}
+    if not np.all(np.isfinite(b)) or not np.all(np.isfinite(a)):
+        raise ValueError("clients: contain NaN or Inf values")
+    state = abo.init(clients, key=jax.random.key(0))
+    bc, _, _ = _aggregate(abo, clients, jnp.asarray(w), state)
+    f = jax.tree.leaves(bc.factors, is_leaf=lambda x: isinstance(x, LoRAFactors))[0]
+    p, q = np.asarray(f.b), np.asarray(f.a)
+    m = b.shape[0]
+    if p.ndim == 2:
+        p, q = np.broadcast_to(p, (m, *p.shape)), np.broadcast_to(q, (m, *q.shape))
+    delta = None
+    if bc.base_delta is not None and jax.tree.leaves(bc.base_delta):
+        x = np.asarray(jax.tree.leaves(bc.base_delta)[0]) / scale
+        delta = x if x.ndim == 3 else np.broadcast_to(x, (m, *x.shape))
+    return p, q, delta
+
+
+def _product(p, q, delta):
+    prod = np.einsum("cdr,crk->cdk", p, q)
+    return prod if delta is None else prod + delta
+
+
+def _rel(x, y) -> float:
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    return float(
+        np.max(np.abs(x - y), initial=0.0) / max(1e-300, np.max(np.abs(y), initial=0.0), 1.0)
+    )
+
+
+def _zbar(b, a, w):
+    return np.einsum("c,cdr,crk->dk", w, b, a)
+
+
+def _r_w(prod, b, a, w):
+    return float(np.dot(w, np.sum((prod - np.einsum("cdr,crk->cdk", b, a)) ** 2, axis=(1, 2))))
+
+
+def check_identities(
+    abo: ABO, *, cases: int = 3, seed: int = 0, scale: float = 1.0, tol: float = 1e-8
+) -> tuple[list[IdentityCheck], dict[str, bool]]:
+    """Checks DESIGN.md identities 1-9 that apply to ``abo`` on random float64 inputs.
+
+    Args:
+      abo: the operator.
+      cases: random input sets (shapes ``m=3, d=6, k=5, r=2`` and ``m=4, d=4, k=7, r=1``).
+      seed: numpy seed.
+      scale: LoRA scale ``s`` of ``base_delta``.
+      tol: relative tolerance for "holds".
+
+    Returns:
+      ``(checks, traits)``: one :class:`IdentityCheck` per identity, and the traits used to decide
+      applicability (``global``, ``ps_like``, ``sp_like``, ``product_only``, ``exact_in_product``).
+    """
+    rng = np.random.default_rng(seed)
+    shapes = [(3, 6, 5, 2), (4, 4, 7, 1)]
+    errs: dict[int, list[float]] = {i: [] for i in range(1, 10)}
+    traits = {"global": True, "ps_like": True, "product_only": True, "exact_in_product": True,
+              "base_delta": False}  # fmt: skip
+    notes: dict[int, str] = {}
+    data = []
+    for c in range(cases):
+        m, d, k, r = shapes[c % len(shapes)]
+        b, a = rng.normal(size=(m, d, r)), rng.normal(size=(m, r, k))
+        w = rng.dirichlet(np.ones(m))
+        p, q, delta = _apply(abo, b, a, w, scale)
+        prod = _product(p, q, delta)
+        zbar = _zbar(b, a, w)
+        bbar, abar = np.einsum("c,cdr->dr", w, b), np.einsum("c,crk->rk", w, a)
+        glob = (
+            _rel(p, np.broadcast_to(p[:1], p.shape)) < 1e-12
+            and _rel(q, np.broadcast_to(q[:1], q.shape)) < 1e-12
+        )
+        glob = glob and (
+            delta is None or _rel(delta, np.broadcast_to(delta[:1], delta.shape)) < 1e-12
+        )
+        traits["global"] &= glob
+        traits["base_delta"] |= delta is not None
+        traits["ps_like"] &= (
+            glob and _rel(p[0], bbar) < tol and _rel(q[0], abar) < tol and delta is None
+        )
+        traits["exact_in_product"] &= _rel(prod, np.broadcast_to(zbar, prod.shape)) < tol
+        g = np.eye(r)[None] + 0.3 * rng.normal(size=(m, r, r))
+        p2, q2, d2 = _apply(
+            abo,
+            np.einsum("cdr,crs->cds", b, g),
+            np.einsum("crs,csk->crk", np.linalg.inv(g), a),
+            w,
+            scale,
+        )
+        err7 = _rel(_product(p2, q2, d2), prod)
+        errs[7].append(err7)
+        traits["product_only"] &= err7 < tol
+        perm = rng.permutation(m)
+        p3, q3, d3 = _apply(abo, b[perm], a[perm], w[perm], scale)
+        errs[9].append(_rel(_product(p3, q3, d3), prod[perm]))
+        data.append((b, a, w, p, q, delta, prod, zbar, bbar, abar))
+    traits["sp_like"] = (
+        traits["global"]
+        and not traits["base_delta"]
+        and traits["product_only"]
+        and not traits["ps_like"]
+    )
+
+    applies = {
+        1: traits["global"], 2: traits["sp_like"], 3: traits["sp_like"], 4: traits["ps_like"],
+        5: traits["ps_like"], 6: traits["global"], 7: True, 8: traits["global"], 9: True,
+    }  # fmt: skip
+    for b, a, w, p, q, _delta, prod, zbar, bbar, abar in data:
+        m, _, r = b.shape
+        if applies[1]:
+            r_w = _r_w(prod, b, a, w)
+            r_star = _r_w(np.broadcast_to(zbar, prod.shape), b, a, w)
+            errs[1].append(abs(r_w - r_star - np.sum((prod[0] - zbar) ** 2)) / max(r_w, 1e-300))
+        if applies[2]:
+            s = np.linalg.svd(zbar, compute_uv=False)
+            tail = np.sum(s[r:] ** 2)
+            errs[2].append(abs(np.sum((zbar - prod[0]) ** 2) - tail) / max(tail, 1e-12 * s[0] ** 2))
+        if applies[3]:
+            r_ps = _r_w(np.broadcast_to(bbar @ abar, prod.shape), b, a, w)
+            errs[3].append(max(0.0, _r_w(prod, b, a, w) - r_ps) / r_ps)
+        if applies[4]:
+            cov = np.einsum("c,cdr,crk->dk", w, b - bbar, a - abar)
+            errs[4].append(_rel(zbar - prod[0], cov))
+        if applies[5]:
+            rb = np.dot(w, np.sum((p - b) ** 2, (1, 2)))
+            rb_star = np.dot(w, np.sum((bbar - b) ** 2, (1, 2)))
+            ra = np.dot(w, np.sum((q - a) ** 2, (1, 2)))
+            ra_star = np.dot(w, np.sum((abar - a) ** 2, (1, 2)))
+            errs[5].append(max(abs(rb - rb_star) / rb_star, abs(ra - ra_star) / ra_star))
+        if applies[6]:
+            pq = p[0] @ q[0]
+            for i in range(m):
+                lhs = np.linalg.norm(pq - b[i] @ a[i])
+                rhs = np.linalg.norm(p[0] - b[i]) * np.linalg.norm(q[0], 2) + np.linalg.norm(
+                    b[i], 2
+                ) * np.linalg.norm(q[0] - a[i])
+                errs[6].append(max(0.0, lhs - rhs) / max(rhs, 1e-300))
+        if applies[8]:
+            same_b, same_a = np.broadcast_to(b[:1], b.shape), np.broadcast_to(a[:1], a.shape)
+            p1, q1, d1 = _apply(abo, same_b, same_a, w, scale)
+            scale0 = np.sum((b[0] @ a[0]) ** 2)
+            errs[8].append(_r_w(_product(p1, q1, d1), same_b, same_a, w) / scale0)
+            p1, q1, d1 = _apply(abo, b[:1], a[:1], np.ones(1), scale)
+            errs[8].append(_rel(_product(p1, q1, d1)[0], b[0] @ a[0]))
+            if traits["ps_like"] or traits["sp_like"]:
+                p1, q1, d1 = _apply(abo, b, same_a, w, scale)
+                errs[8].append(_rel(_product(p1, q1, d1)[0], _zbar(b, same_a, w)))
+            if traits["ps_like"]:
+                p1, q1, d1 = _apply(abo, same_b, a, w, scale)
+                errs[8].append(_rel(_product(p1, q1, d1)[0], _zbar(same_b, a, w)))
+    notes[7] = (
+        "expected to fail for factor-averaging (PS-like) operators" if traits["ps_like"] else ""
+    )
+    notes[8] = "identical clients give R_w = 0; one client exact" + (
+        "; shared A (and B for PS) exact" if traits["ps_like"] or traits["sp_like"] else ""
+    )
+    checks = []
+    for i in range(1, 10):
+        if not applies[i]:
+            checks.append(IdentityCheck(i, IDENTITY_NAMES[i], NOT_APPLICABLE, float("nan"), ""))
+            continue
+        err = float(max(errs[i])) if errs[i] else 0.0
+        # identity 2/4 compare squared norms / matrices built from SVDs: allow the SVD's accuracy
+        limit = tol * (1e2 if i in (2, 3) else 1.0)
+        checks.append(
+            IdentityCheck(
+                i, IDENTITY_NAMES[i], HOLDS if err <= limit else VIOLATED, err, notes.get(i, "")
+            )
+        )
+    return checks, traits
+
+
+# ---------------------------------------------------------------------------------------------
+# Conditions as drift -> 0
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ConditionCheck:
+    """The weak or strong condition on an operator, as the drift ``delta -> 0``.
+
+    Attributes:
+      condition: ``"weak"`` or ``"strong"``.
+      status: ``"holds"``, ``"violated"`` or ``"insufficient evidence"``.
+      constant: estimated ``sup R / delta^2`` when it holds (``inf`` when violated).
+      evidence: the gradient-ascent sweep (:class:`theory.conditions.GrowthEvidence`).
+      hypothesis_examples: inputs Hypothesis tried.
+      counterexample: when violated, the minimal input found (shapes, start, weights, directions,
+        ratios at the two deltas), else ``None``.
+    """
+
+    condition: str
+    status: str
+    constant: float
+    evidence: GrowthEvidence
+    hypothesis_examples: int
+    counterexample: dict | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "condition": self.condition,
+            "status": self.status,
+            "constant": self.constant if np.isfinite(self.constant) else str(self.constant),
+            "evidence": self.evidence.to_dict(),
+            "hypothesis_examples": self.hypothesis_examples,
+            "counterexample": self.counterexample,
+        }
+
+
+def _mismatch_np(abo, case: strategies.PerturbationSet, delta: float, scale: float):
+    f = case.start["layer0"]
+    dirs = case.directions["layer0"]
+    b = np.asarray(f.b)[None] + delta * np.asarray(dirs.b)
+    a = np.asarray(f.a)[None] + delta * np.asarray(dirs.a)
+    w = np.asarray(case.weights)
+    p, q, dl = _apply(abo, b, a, w, scale)
+    r_w = _r_w(_product(p, q, dl), b, a, w)
+    r_s = float(np.dot(w, np.sum((p - b) ** 2, (1, 2)) + np.sum((q - a) ** 2, (1, 2))))
+    return r_w, r_s
+
+
+def _describe(case: strategies.PerturbationSet, ratios: tuple[float, float], deltas) -> dict:
+    f, dirs = case.start["layer0"], case.directions["layer0"]
+    m, d, r = dirs.b.shape
+    tolist = lambda x: np.round(np.asarray(x, float), 12).tolist()
+    return {
+        "shape": {"m": int(m), "d": int(d), "k": int(dirs.a.shape[2]), "r": int(r)},
+        "start_kind": case.start_kind,
+        "start": {"B0": tolist(f.b), "A0": tolist(f.a)},
+        "weights": tolist(case.weights),
+        "directions": {"U": tolist(dirs.b), "V": tolist(dirs.a)},
+        "deltas": list(deltas),
+        "ratios": list(ratios),
+    }
+
+
+def _ascent_fn(abo: ABO, condition: str, scale: float):
+    def objective(raw, start, weights, delta, state):
+        norm2 = jnp.dot(weights, jnp.sum(raw.b**2, (1, 2)) + jnp.sum(raw.a**2, (1, 2)))
+        dirs = jax.tree.map(lambda x: x / jnp.sqrt(norm2), raw)
+        clients = {
+            "layer0": LoRAFactors(start.b[None] + delta * dirs.b, start.a[None] + delta * dirs.a)
+        }
+        bc, _, _ = abo.aggregate(clients, weights, state)
+        if condition == "weak":
+            value = weak_mismatch(clients, weights, bc, scale=scale).total
+        else:
+            rb, ra = strong_mismatch(clients, weights, bc)
+            value = rb.total + ra.total
+        return jnp.log(value + 1e-300) - 2 * jnp.log(delta)
+
+    return jax.jit(jax.value_and_grad(objective))
+
+
+def _ascent_sweep(abo, condition, deltas, *, restarts, steps, seed, scale):
+    """Worst ratio per delta from gradient ascent over the directions, two kinds of start."""
+    rng = np.random.default_rng(seed)
+    m, d, k, r = 3, 4, 3, 2
+    fn = _ascent_fn(abo, condition, scale)
+    worst = np.zeros(len(deltas))
+    for kind in ("standard", "generic"):
+        a0 = rng.uniform(-1, 1, size=(r, k)) / np.sqrt(k)
+        b0 = np.zeros((d, r)) if kind == "standard" else rng.normal(size=(d, r)) / np.sqrt(r)
+        start = LoRAFactors(jnp.asarray(b0), jnp.asarray(a0))
+        weights = jnp.asarray(rng.dirichlet(np.ones(m)))
+        probe = {"layer0": broadcast_to_clients(start, m)}
+        state = abo.init(probe, key=jax.random.key(seed))
+        for _ in range(restarts):
+            raw0 = LoRAFactors(
+                jnp.asarray(rng.normal(size=(m, d, r))), jnp.asarray(rng.normal(size=(m, r, k)))
+            )
+            for j, delta in enumerate(deltas):
+                raw, lr, best = raw0, 0.5, -np.inf
+                for _ in range(steps):
+                    val, g = fn(raw, start, weights, jnp.asarray(delta), state)
+                    val = float(val)
+                    if np.isfinite(val):
+                        best = max(best, val)
+                    gn = float(jnp.sqrt(sum(jnp.sum(x**2) for x in g)))
+                    if not np.isfinite(gn) or gn == 0.0:
+                        break
+                    raw = jax.tree.map(lambda x, y, c=lr / gn: x + c * y, raw, g)
+                    lr *= 0.93
+                worst[j] = max(worst[j], float(np.exp(best)) if np.isfinite(best) else 0.0)
+    return worst
+
+
+def _hypothesis_search(abo, condition, *, max_examples, scale, d1=1e-2, d2=1e-4, growth=100.0):
+    """Hypothesis search for an input whose ratio grows x``growth`` as delta shrinks d1 -> d2."""
+    seen = {"n": 0, "max_ratio": 0.0}
+    idx = 0 if condition == "weak" else 1
+
+    def grows(case) -> bool:
+        seen["n"] += 1
+        try:
+            r1 = _mismatch_np(abo, case, d1, scale)[idx] / d1**2
+            r2 = _mismatch_np(abo, case, d2, scale)[idx] / d2**2
+        except Exception:  # an input the operator cannot handle is not a counterexample
+            return False
+        if not (np.isfinite(r1) and np.isfinite(r2)):
+            return False
+        seen["max_ratio"] = max(seen["max_ratio"], r1, r2)
+        return r2 > growth * max(r1, 1e-300) and r2 > 1e-6
+
+    # A few fixed shapes (one compile each), smallest first so that shrinking prefers them.
+    shapes = st.sampled_from(
+        [strategies.Shape(*s) for s in ((1, 1, 1, 1), (2, 1, 1, 1), (2, 2, 2, 1), (3, 3, 2, 2))]
+    )
+    strategy = strategies.perturbation_sets(delta=d1, start="any", shape=shapes)
+    cfg = settings(
+        max_examples=max_examples,
+        database=None,
+        derandomize=True,
+        deadline=None,
+        phases=[Phase.generate, Phase.shrink],
+        suppress_health_check=list(HealthCheck),
+    )
+    try:
+        case = find(strategy, grows, settings=cfg)
+    except (NoSuchExample, Unsatisfiable):
+        return None, seen
+    ratios = tuple(_mismatch_np(abo, case, dl, scale)[idx] / dl**2 for dl in (d1, d2))
+    return _describe(case, ratios, (d1, d2)), seen
+
+
+def _condition(abo, condition, *, deltas, restarts, steps, examples, seed, scale) -> ConditionCheck:
+    counterexample, seen = _hypothesis_search(abo, condition, max_examples=examples, scale=scale)
+    worst = _ascent_sweep(
+        abo, condition, deltas, restarts=restarts, steps=steps, seed=seed, scale=scale
+    )
+    ev = growth_verdict("R_w" if condition == "weak" else "R_B+R_A", deltas, worst)
+    if counterexample is not None:
+        status, constant = VIOLATED, float("inf")
+    elif ev.verdict == UNBOUNDED:
+        status, constant = VIOLATED, float("inf")
+        counterexample = {"source": "gradient ascent (not shrunk)", "deltas": list(ev.scales),
+                          "ratios": list(ev.ratios)}  # fmt: skip
+    elif ev.verdict == BOUNDED:
+        status, constant = HOLDS, float(max(ev.constant, seen["max_ratio"]))
+    else:
+        status, constant = INSUFFICIENT, float(max(ev.constant, seen["max_ratio"]))
+    return ConditionCheck(condition, status, constant, ev, seen["n"], counterexample)
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class CertifyReport:
+    """What :func:`certify` found on one operator."""
+
+    operator: str
+    identities: list[IdentityCheck]
+    traits: dict[str, bool]
+    weak: ConditionCheck
+    strong: ConditionCheck
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "operator": self.operator,
+            "traits": self.traits,
+            "identities": [
+                {
+                    **dataclasses.asdict(c),
+                    "max_rel_error": None if np.isnan(c.max_rel_error) else c.max_rel_error,
+                }
+                for c in self.identities
+            ],
+            "weak": self.weak.to_dict(),
+            "strong": self.strong.to_dict(),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def table(self) -> str:
+        """A table a person can read."""
+        kinds = [
+            k
+            for k in (
+                "global",
+                "ps_like",
+                "sp_like",
+                "product_only",
+                "exact_in_product",
+                "base_delta",
+            )
+            if self.traits.get(k)
+        ]
+        lines = [f"operator: {self.operator}   traits: {', '.join(kinds) or 'none'}", ""]
+        lines.append(f"{'#':<3}{'identity':<36}{'status':<10}max rel error")
+        for c in self.identities:
+            err = "" if np.isnan(c.max_rel_error) else f"{c.max_rel_error:.2e}"
+            lines.append(f"{c.number:<3}{c.name:<36}{c.status:<10}{err:<10} {c.note}".rstrip())
+        lines += ["", f"{'condition':<10}{'status':<23}{'constant':<12}{'slope':<8}sup R/delta^2 at delta = "
+                  + ", ".join(f"{s:.0e}" for s in self.weak.evidence.scales)]  # fmt: skip
+        for c in (self.weak, self.strong):
+            const = f"{c.constant:.3g}" if np.isfinite(c.constant) else "inf"
+            ratios = ", ".join(f"{x:.3g}" for x in c.evidence.ratios)
+            lines.append(
+                f"{c.condition:<10}{c.status:<23}{const:<12}{c.evidence.slope:<8.2f}{ratios}"
+            )
+        for c in (self.weak, self.strong):
+            if c.counterexample is not None:
+                lines.append(f"\n{c.condition} counterexample: {json.dumps(c.counterexample)}")
+        return "\n".join(lines)
+
+
+def certify(
+    abo: ABO | str,
+    *,
+    name: str | None = None,
+    thorough: bool = False,
+    seed: int = 0,
+    scale: float = 1.0,
+    deltas: tuple[float, ...] | None = None,
+) -> CertifyReport:
+    r"""Checks an operator's identities and its weak and strong conditions (no training run).
+
+    Args:
+      abo: an :class:`abo_jax.ABO`, a known name (``"sum_product"``) or ``"module:function"``.
+      name: label for the report (default: the name given or ``"operator"``).
+      thorough: more Hypothesis examples, restarts, ascent steps and a longer ``delta`` sweep.
+      seed: seed of the random inputs and ascent restarts (Hypothesis is derandomized).
+      scale: LoRA scale ``s`` of the operator's ``base_delta``.
+      deltas: the perturbation sizes of the sweep (default ``1e-1, 1e-2, 1e-3``; thorough adds
+        ``1e-4``).
+
+    Returns:
+      :class:`CertifyReport`; ``report.table()`` for people, ``report.to_json()`` for machines.
+
+    Example:
+      >>> report = certify("product_sum")
+      >>> report.weak.status, report.strong.status
+      ('holds', 'holds')
+
+    References:
+      Chen et al., arXiv:2508.01348 (our formalization of the weak and strong conditions).
+    """
+    if isinstance(abo, str):
+        label, abo = resolve_operator(abo)
+        name = name or label
+    if not isinstance(abo, ABO):
+        raise ValueError(f"abo: expected an ABO (or a name), got {type(abo).__name__}")
+    if deltas is None:
+        deltas = (1e-1, 1e-2, 1e-3, 1e-4) if thorough else (1e-1, 1e-2, 1e-3)
+    if any(not (np.isfinite(x) and x > 0) for x in deltas):
+        raise ValueError(f"deltas: must be finite and > 0, got {deltas}")
+    with jax.enable_x64(True):
+        checks, traits = check_identities(abo, cases=6 if thorough else 2, seed=seed, scale=scale)
+        kw = dict(deltas=tuple(deltas), restarts=4 if thorough else 1, steps=60 if thorough else 20,
+                  examples=400 if thorough else 40, seed=seed, scale=scale)  # fmt: skip
+        weak = _condition(abo, "weak", **kw)
+        strong = _condition(abo, "strong", **kw)
+    return CertifyReport(name or "operator", checks, traits, weak, strong)
