@@ -18,7 +18,8 @@ from abo_reference import (
 
 import abo_jax as aj
 
-CASES = [(shape, zero) for shape in SHAPES for zero in (False, True)]
+# Each shape once, zero-weight clients on alternate shapes (the m = 1 case cannot have them).
+CASES = [(shape, i % 2 == 1) for i, shape in enumerate(SHAPES)] + [(SHAPES[2], False)]
 
 
 def _setup(shape, zero, seed=0):
@@ -95,7 +96,7 @@ def test_fedex_square_layer_merged_through_a_flax_kernel():
     )
 
 
-@pytest.mark.parametrize("shape,zero", CASES[:6])
+@pytest.mark.parametrize("shape,zero", CASES[:4])
 def test_flora_merges_exact_sum_and_restarts(shape, zero):
     _, b, a, p = _setup(shape, zero)
     m, d, k, r = shape
@@ -175,7 +176,7 @@ def test_freeze_factors_zeroes_the_frozen_factor():
     assert bool(both.a) and bool(both.b)
 
 
-@pytest.mark.parametrize("shape,zero", CASES[:4])
+@pytest.mark.parametrize("shape,zero", CASES[1:4])
 def test_fedsa_shares_a_keeps_personal_b(shape, zero):
     _, b, a, p = _setup(shape, zero)
     m, d, k, r = shape
