@@ -1,0 +1,188 @@
+"""Benchmark 5: peak memory of a round as the number of clients grows (10 to 10,000).
+
+XLA plans every buffer of a jitted round when it compiles, so the compiled executable's
+``memory_analysis()`` gives the round's arguments, outputs and peak temporaries without running it
+(and without allocating the inputs: they are abstract shapes). A round must grow with the LoRA
+factors, the optimizer state and the client data, not with ``m x base weights``: the table reports
+the bytes each extra client costs (slope between the two largest m) next to those sizes. The
+contrast, ``merged``, is the same round whose forward pass goes through ``W0 + B A`` (what merging
+LoRA into the weights does once vmapped: one ``(d, k)`` matrix per client).
+
+Run: ``python -m experiments.bench.memory [--quick] [--out DIR]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from dataclasses import dataclass
+from functools import partial
+
+import jax
+import numpy as np
+
+from experiments.bench import common
+from experiments.bench import rounds as R
+from experiments.bench import workload as W
+
+NAME = "memory"
+
+
+@dataclass(frozen=True)
+class Config:
+    clients: tuple[int, ...] = (10, 100, 1000, 10000)
+    models: tuple[tuple[str, W.RoundSpec], ...] = (
+        (
+            "digits 64-200-200-10",
+            W.RoundSpec(sizes=(64, 200, 200, 10), ranks=(8, 8, 5), clients=0, samples=20, batch=10),
+        ),
+        (
+            "paper 784-200-200-10",
+            W.RoundSpec(
+                sizes=(784, 200, 200, 10), ranks=(8, 8, 5), clients=0, samples=20, batch=10
+            ),
+        ),
+    )
+    merged_contrast: bool = True
+    seed: int = 0
+
+
+def get_config(quick: bool = False) -> Config:
+    if quick:
+        spec = W.RoundSpec(sizes=(64, 16, 10), ranks=(2, 2), clients=0, samples=20, batch=10)
+        return Config(clients=(2, 4), models=(("tiny 64-16-10", spec),))
+    return Config()
+
+
+def sizes_per_client(spec: W.RoundSpec) -> dict[str, int]:
+    """Bytes of what one client owns, and of the shared base, for ``spec``."""
+    item = np.dtype(spec.dtype).itemsize
+    lora = sum(r * (d + k) for (d, k), r in zip(spec.layer_shapes, spec.ranks, strict=True))
+    bias = sum(d for d, _ in spec.layer_shapes)
+    data = spec.samples * (spec.sizes[0] * item + 4)  # x float + y int32
+    return {
+        "trainable": (lora + bias) * item,  # LoRA factors + biases
+        "trainable_with_momentum": 2 * (lora + bias) * item,
+        "data": data,
+        "base_weights": sum(d * k for d, k in spec.layer_shapes) * item,
+    }
+
+
+def analyse(round_fn, spec: W.RoundSpec, seed: int) -> dict:
+    """Compiles ``round_fn`` for abstract inputs of ``spec`` and reads its memory plan."""
+    problem = jax.eval_shape(partial(W.make_problem, spec, seed))
+    t0 = time.perf_counter()
+    compiled = jax.jit(round_fn).lower(problem).compile()
+    compile_s = time.perf_counter() - t0
+    ma = compiled.memory_analysis()
+    fields = {
+        "argument_bytes": ma.argument_size_in_bytes,
+        "output_bytes": ma.output_size_in_bytes,
+        "temp_bytes": ma.temp_size_in_bytes,
+        "alias_bytes": ma.alias_size_in_bytes,
+        "code_bytes": ma.generated_code_size_in_bytes,
+    }
+    fields["peak_bytes"] = (
+        fields["argument_bytes"] + fields["output_bytes"] + fields["temp_bytes"]
+    ) - fields["alias_bytes"]
+    fields["compile_s"] = compile_s
+    return fields
+
+
+def run(config: Config) -> dict:
+    rows = []
+    summary = []
+    impl = None
+    for model_name, base_spec in config.models:
+        variants = [("abo-jax round", False)]
+        if config.merged_contrast:
+            variants.append(("merged W0+BA (contrast)", True))
+        for variant, merged in variants:
+            per_m = []
+            for m in config.clients:
+                spec = dataclasses.replace(base_spec, clients=m)
+                if merged:
+                    fn = partial(W.vmapped_round, spec, merged=True)
+                else:
+                    rut = R.vmapped_round(spec)
+                    impl = rut.impl
+                    fn = rut.fn
+                fields = analyse(fn, spec, config.seed)
+                row = {"model": model_name, "variant": variant, "m": m, **fields}
+                rows.append(row)
+                per_m.append(row)
+            per = sizes_per_client(base_spec)
+            lo, hi = per_m[-2], per_m[-1]
+            slope = (hi["peak_bytes"] - lo["peak_bytes"]) / (hi["m"] - lo["m"])
+            temp_slope = (hi["temp_bytes"] - lo["temp_bytes"]) / (hi["m"] - lo["m"])
+            summary.append(
+                {
+                    "model": model_name,
+                    "variant": variant,
+                    "bytes_per_client": slope,
+                    "temp_bytes_per_client": temp_slope,
+                    **{f"{k}_bytes": v for k, v in per.items()},
+                    "per_client_over_base": slope / per["base_weights"],
+                    "per_client_over_data_plus_trainable": slope
+                    / (per["data"] + per["trainable_with_momentum"]),
+                }
+            )
+    ok = [s for s in summary if s["variant"] == "abo-jax round"]
+    targets = {
+        "grows_with_factors_and_data_not_base": all(s["per_client_over_base"] < 1 for s in ok)
+    }
+    return {"rows": rows, "summary": summary, "targets": targets, "round_impl": impl}
+
+
+ROW_COLUMNS = [
+    ("model", "model", None),
+    ("variant", "variant", None),
+    ("m", "m", None),
+    ("argument_bytes", "args [B]", ".3e"),
+    ("temp_bytes", "temp [B]", ".3e"),
+    ("peak_bytes", "peak [B]", ".3e"),
+]
+SUMMARY_COLUMNS = [
+    ("model", "model", None),
+    ("variant", "variant", None),
+    ("bytes_per_client", "B/client", ".4g"),
+    ("data_bytes", "data B/client", None),
+    ("trainable_with_momentum_bytes", "LoRA+bias+mom B/client", None),
+    ("base_weights_bytes", "base weights B", None),
+    ("per_client_over_base", "(B/client)/base", ".3f"),
+]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = common.bench_parser(__doc__.splitlines()[0]).parse_args(argv)
+    config = get_config(args.quick)
+    result = run(config)
+    env = common.env_info()
+    out = {
+        "benchmark": NAME,
+        "quick": args.quick,
+        "config": dataclasses.asdict(config),
+        "env": env,
+        **result,
+    }
+    table = (
+        common.format_table(result["rows"], ROW_COLUMNS)
+        + "\n\n"
+        + common.format_table(result["summary"], SUMMARY_COLUMNS)
+    )
+    notes = [
+        f"round: {R.describe(result['round_impl'])}",
+        "peak = arguments + outputs + temporaries - aliased, from the compiled executable's"
+        " memory_analysis() (XLA's buffer assignment; nothing is allocated).",
+        "B/client: slope of peak between the two largest m.",
+        f"targets: {result['targets']}",
+    ]
+    common.print_report("Round memory vs number of clients", config, env, table, notes)
+    path = common.write_json(args.out / f"{NAME}.json", out)
+    print(f"wrote {path}")
+    return out
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,153 @@
+"""Benchmark 1: FLOP/s of a full round of the paper's MLP vs the machine's matmul FLOP/s.
+
+One round = every client's local training (one epoch of minibatch SGD, batch 64) + aggregation (PS),
+for the paper's LoRA MLP 784-200-200-10 (ranks 8, 8, 5: delta = 0.05) and 10 clients of 6000
+samples each (one MNIST class). Its achieved FLOP/s is compared with a large jitted matmul timed in
+the same run, round-robin. FLOPs are counted two ways (see ``workload.round_flops``):
+
+* ``unavoidable``: what the round cannot avoid (DESIGN.md): the first layer's frozen product
+  ``x @ W0_1.T`` depends only on the data and is computed once per run, not every step;
+* ``naive``: a plain forward/backward that recomputes it at every step.
+
+Variants: the round under test, and (experiment) the bench's own round with the first layer's frozen
+product cached across rounds, which is what the ``unavoidable`` count assumes.
+Run: ``python -m experiments.bench.round_throughput [--quick] [--out DIR]``.
+Target (issue 7): the round at >= 70% of the matmul FLOP/s on CPU (unavoidable FLOPs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass
+
+from experiments.bench import common
+from experiments.bench import rounds as R
+from experiments.bench import workload as W
+
+NAME = "round_throughput"
+
+
+@dataclass(frozen=True)
+class Config:
+    spec: W.RoundSpec = W.RoundSpec()  # paper MLP, m = 10, n = 6000, batch 64, E = 1
+    matmul_n: int = 2048
+    reps: int = 5
+    seed: int = 0
+
+
+def get_config(quick: bool = False) -> Config:
+    if quick:
+        spec = W.RoundSpec(sizes=(64, 16, 10), ranks=(2, 2), clients=2, samples=40, batch=10)
+        return Config(spec=spec, matmul_n=256, reps=2)
+    return Config()
+
+
+def xla_flops(compiled) -> float | None:
+    """XLA's own FLOP estimate of a compiled executable (loops may be counted once), or None."""
+    try:
+        cost = compiled.cost_analysis()
+    except Exception:  # noqa: BLE001 - backends without cost analysis
+        return None
+    if isinstance(cost, list):
+        cost = cost[0] if cost else {}
+    return None if not cost or "flops" not in cost else float(cost["flops"])
+
+
+def run(config: Config, reps: int | None = None) -> dict:
+    reps = config.reps if reps is None else reps
+    spec = config.spec
+    problem = W.make_problem(spec, config.seed)
+    mm, mm_flops, mm_c = common.matmul_thunk(config.matmul_n)
+    variants = {"round": R.vmapped_round(spec)}
+    if variants["round"].impl == "bench":
+        variants["round_cached_first"] = R.vmapped_round(spec, cache_first=True)
+    thunks, compile_s, xla = {}, {"matmul": mm_c}, {}
+    for name, rut in variants.items():
+        arg = rut.prepare(problem)
+        compiled, compile_s[name] = common.compile_timed(rut.fn, arg)
+        xla[name] = xla_flops(compiled)
+        thunks[name] = lambda c=compiled, a=arg: c(a)
+    thunks["matmul"] = mm
+    t = common.time_interleaved(thunks, reps=reps, warmup=1)
+    peak = mm_flops / t["matmul"].median_s
+    flops = W.round_flops(spec)
+    rows = []
+    for name in variants:
+        s = t[name].median_s
+        rows.append(
+            {
+                "variant": name,
+                "round_s": s,
+                "gflops_unavoidable": flops["unavoidable"] / s / 1e9,
+                "gflops_naive": flops["naive"] / s / 1e9,
+                "frac_unavoidable": flops["unavoidable"] / s / peak,
+                "frac_naive": flops["naive"] / s / peak,
+                "matmul_gflops": peak / 1e9,
+                "xla_cost_analysis_flops": xla[name],
+                "compile_s": compile_s[name],
+                "times_s": t[name].times_s,
+            }
+        )
+    targets = {"round_ge_70pct_matmul_unavoidable": rows[0]["frac_unavoidable"] >= 0.7}
+    return {
+        "rows": rows,
+        "flops": flops,
+        "matmul": {
+            "n": config.matmul_n,
+            "gflops": peak / 1e9,
+            "median_s": t["matmul"].median_s,
+            "times_s": t["matmul"].times_s,
+        },
+        "targets": targets,
+        "round_impl": variants["round"].impl,
+    }
+
+
+COLUMNS = [
+    ("variant", "variant", None),
+    ("round_s", "round [s]", ".3g"),
+    ("gflops_unavoidable", "GFLOP/s unavoid.", ".1f"),
+    ("gflops_naive", "GFLOP/s naive", ".1f"),
+    ("matmul_gflops", "matmul GFLOP/s", ".1f"),
+    ("frac_unavoidable", "unavoid./matmul", ".2f"),
+    ("frac_naive", "naive/matmul", ".2f"),
+    ("compile_s", "compile [s]", ".1f"),
+]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = common.bench_parser(__doc__.splitlines()[0]).parse_args(argv)
+    config = get_config(args.quick)
+    result = run(config, reps=args.reps)
+    env = common.env_info()
+    out = {
+        "benchmark": NAME,
+        "quick": args.quick,
+        "config": dataclasses.asdict(config),
+        "env": env,
+        **result,
+    }
+    f = result["flops"]
+    notes = [
+        f"round: {R.describe(result['round_impl'])}",
+        f"FLOPs per round: unavoidable {f['unavoidable']:.3e}, naive {f['naive']:.3e}"
+        f" (first-layer frozen product once per run: {f['first_once']:.3e});"
+        f" matmul {config.matmul_n}^3 x 2 in float32.",
+        "round_cached_first (experiment): the bench's round fed x @ W0_1.T computed once per run.",
+        f"targets: {result['targets']}",
+    ]
+    common.print_report(
+        "Round FLOP/s vs matmul FLOP/s",
+        config,
+        env,
+        common.format_table(result["rows"], COLUMNS),
+        notes,
+    )
+    path = common.write_json(args.out / f"{NAME}.json", out)
+    print(f"wrote {path}")
+    return out
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

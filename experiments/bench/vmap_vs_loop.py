@@ -1,0 +1,164 @@
+"""Benchmark 2: one vmapped, jitted round vs per-client loops of jitted code.
+
+Many small clients (20 samples each, batch 10, one local epoch, the digits-sized LoRA MLP
+64-200-200-10). Variants, all computing the same maths:
+
+* ``vmapped``: the whole round (every client's local update + PS aggregation) is one jitted call;
+* ``(a) loop/update``: one jitted local update per client, called in a Python loop, then the jitted
+  aggregation;
+* ``(b) loop/step``: one jitted SGD step per minibatch per client with host-side batching (the way
+  per-client-loop JAX frameworks simulate), then the jitted aggregation.
+
+Also times a large matmul in the same run for the FLOP/s reference.
+Run: ``python -m experiments.bench.vmap_vs_loop [--quick] [--out DIR]``.
+Targets (issue 7), CPU, ``m = 1000``: >= 5x vs (a), >= 10x vs (b), vmapped FLOP/s >= half of matmul.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass
+
+import jax
+import numpy as np
+
+from experiments.bench import common
+from experiments.bench import rounds as R
+from experiments.bench import workload as W
+
+NAME = "vmap_vs_loop"
+
+
+@dataclass(frozen=True)
+class Config:
+    clients: tuple[int, ...] = (10, 100, 1000)
+    spec: W.RoundSpec = W.RoundSpec(
+        sizes=(64, 200, 200, 10), ranks=(8, 8, 5), clients=0, samples=20, batch=10, epochs=1
+    )
+    matmul_n: int = 2048
+    reps: int = 5
+    seed: int = 0
+
+
+def get_config(quick: bool = False) -> Config:
+    if quick:
+        spec = W.RoundSpec(
+            sizes=(64, 16, 10), ranks=(2, 2), clients=0, samples=20, batch=10, epochs=1
+        )
+        return Config(clients=(4,), spec=spec, matmul_n=256, reps=2)
+    return Config()
+
+
+def max_abs_diff(tree_a, tree_b) -> float:
+    return max(
+        float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+        for a, b in zip(jax.tree.leaves(tree_a), jax.tree.leaves(tree_b), strict=True)
+    )
+
+
+def run(config: Config, reps: int | None = None) -> dict:
+    reps = config.reps if reps is None else reps
+    mm, mm_flops, _ = common.matmul_thunk(config.matmul_n)
+    rows = []
+    impl = None
+    for m in config.clients:
+        spec = dataclasses.replace(config.spec, clients=m)
+        problem = W.make_problem(spec, config.seed)
+        vm = R.vmapped_round(spec)
+        impl = vm.impl
+        problem_v = vm.prepare(problem)
+        vm_fn, vm_c = common.compile_timed(vm.fn, problem_v)
+        loop_a, update_a, _ = W.loop_update_round(spec)
+        loop_b, step_b, _ = W.loop_step_round(spec, seed=config.seed)
+        per_client = W.split_clients(problem)
+        per_client_np = W.split_clients_host(problem)
+        # Same maths: with the same shuffling, (a) equals the bench's own vmapped round exactly.
+        check = {}
+        if impl == "bench":
+            ref = vm_fn(problem_v)[0]
+            check["a_vs_vmapped_max_abs"] = max_abs_diff(ref, loop_a(problem, per_client))
+        thunks = {
+            "vmapped": lambda f=vm_fn, p=problem_v: f(p),
+            "loop_update": lambda f=loop_a, p=problem, c=per_client: f(p, c),
+            "loop_step": lambda f=loop_b, p=problem, c=per_client_np: f(p, c),
+            "matmul": mm,
+        }
+        t = common.time_interleaved(thunks, reps=reps, warmup=1)
+        peak = mm_flops / t["matmul"].median_s
+        flops = W.round_flops(spec)
+        tv = t["vmapped"].median_s
+        rows.append(
+            {
+                "m": m,
+                "vmapped_s": tv,
+                "loop_update_s": t["loop_update"].median_s,
+                "loop_step_s": t["loop_step"].median_s,
+                "speedup_a": t["loop_update"].median_s / tv,
+                "speedup_b": t["loop_step"].median_s / tv,
+                "matmul_gflops": peak / 1e9,
+                "vmapped_gflops_naive": flops["naive"] / tv / 1e9,
+                "vmapped_gflops_unavoidable": flops["unavoidable"] / tv / 1e9,
+                "frac_matmul_naive": flops["naive"] / tv / peak,
+                "frac_matmul_unavoidable": flops["unavoidable"] / tv / peak,
+                "flops": flops,
+                "compile_s": {"vmapped": vm_c},
+                "times_s": {k: v.times_s for k, v in t.items()},
+                **check,
+            }
+        )
+    last = rows[-1]
+    targets = None
+    if last["m"] == 1000:
+        targets = {
+            "m1000_ge_5x_vs_a": last["speedup_a"] >= 5,
+            "m1000_ge_10x_vs_b": last["speedup_b"] >= 10,
+            "m1000_vmapped_ge_half_matmul_naive": last["frac_matmul_naive"] >= 0.5,
+            "m1000_vmapped_ge_half_matmul_unavoidable": last["frac_matmul_unavoidable"] >= 0.5,
+        }
+    return {"rows": rows, "targets": targets, "round_impl": impl}
+
+
+COLUMNS = [
+    ("m", "m", None),
+    ("vmapped_s", "vmapped [s]", ".3g"),
+    ("loop_update_s", "(a) loop/update [s]", ".3g"),
+    ("loop_step_s", "(b) loop/step [s]", ".3g"),
+    ("speedup_a", "vs (a)", ".1f"),
+    ("speedup_b", "vs (b)", ".1f"),
+    ("vmapped_gflops_naive", "GFLOP/s naive", ".1f"),
+    ("vmapped_gflops_unavoidable", "GFLOP/s unavoid.", ".1f"),
+    ("matmul_gflops", "matmul GFLOP/s", ".1f"),
+    ("frac_matmul_naive", "naive/matmul", ".2f"),
+]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = common.bench_parser(__doc__.splitlines()[0]).parse_args(argv)
+    config = get_config(args.quick)
+    result = run(config, reps=args.reps)
+    env = common.env_info()
+    out = {
+        "benchmark": NAME,
+        "quick": args.quick,
+        "config": dataclasses.asdict(config),
+        "env": env,
+        **result,
+    }
+    notes = [
+        f"vmapped round: {R.describe(result['round_impl'])}",
+        "loops (a)/(b) run the same one-client maths (workload.local_update / sgd_step); (b)"
+        " batches on the host with numpy, as per-client-loop frameworks do.",
+        "naive FLOPs recompute x @ W0_1.T every step; unavoidable FLOPs cache it (DESIGN.md).",
+        f"targets: {result['targets']}",
+    ]
+    common.print_report(
+        "vmap vs per-client loops", config, env, common.format_table(result["rows"], COLUMNS), notes
+    )
+    path = common.write_json(args.out / f"{NAME}.json", out)
+    print(f"wrote {path}")
+    return out
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

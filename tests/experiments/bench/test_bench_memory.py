@@ -1,0 +1,17 @@
+"""Benchmark 5 (round memory vs m) runs in its --quick form and writes valid JSON."""
+
+import json
+
+from experiments.bench import memory
+
+
+def test_quick_run_writes_json(tmp_path):
+    memory.main(["--quick", "--out", str(tmp_path)])
+    data = json.loads((tmp_path / "memory.json").read_text())
+    assert data["benchmark"] == "memory"
+    config = memory.get_config(quick=True)
+    rounds = [r for r in data["rows"] if r["variant"] == "abo-jax round"]
+    assert [r["m"] for r in rounds] == list(config.clients)
+    # More clients hold more data and factors, so the planned peak grows with m.
+    assert rounds[-1]["peak_bytes"] > rounds[0]["peak_bytes"] > 0
+    assert all(s["bytes_per_client"] > 0 for s in data["summary"])
