@@ -322,7 +322,9 @@ def aggregate_layers(
     Returns:
       ``(Broadcast, diag)``: ``base_delta`` is ``None`` when no layer returned one (else a tree like
       ``clients`` with ``(d, k)`` arrays or ``None``); ``diag`` stacks each per-layer entry over the
-      layers (leading axis ``L``) and holds the total ``bytes_up`` / ``bytes_down`` per client.
+      layers (leading axis ``L``; entries of different shapes, e.g. per rank component of layers
+      with different ranks, are zero-padded to the largest) and holds the total ``bytes_up`` /
+      ``bytes_down`` per client.
     """
     nodes, treedef = jax.tree.flatten(clients, is_leaf=is_lora)
     out_factors, out_delta, layer_diags = [], [], []
@@ -357,7 +359,16 @@ def aggregate_layers(
     diag = {}
     if layer_diags:
         for key in layer_diags[0]:
-            diag[key] = jnp.stack([jnp.asarray(dg[key]) for dg in layer_diags])
+            values = [jnp.asarray(dg[key]) for dg in layer_diags]
+            # Layers of different ranks give per-component entries of different lengths: zero-pad.
+            shape = tuple(max(dims) for dims in zip(*(v.shape for v in values), strict=True))
+            values = [
+                v
+                if v.shape == shape
+                else jnp.pad(v, [(0, n - w) for n, w in zip(shape, v.shape, strict=True)])
+                for v in values
+            ]
+            diag[key] = jnp.stack(values)
     diag["bytes_up"] = jnp.asarray(up, jnp.result_type(float))
     diag["bytes_down"] = jnp.asarray(down, jnp.result_type(float))
     return Broadcast(factors=factors, base_delta=base_delta), diag

@@ -19,7 +19,7 @@ from abo_reference import (
 import abo_jax as aj
 
 # Each shape once, zero-weight clients on alternate shapes (the m = 1 case cannot have them).
-CASES = [(shape, i % 2 == 1) for i, shape in enumerate(SHAPES)] + [(SHAPES[2], False)]
+CASES = [(shape, i % 2 == 1) for i, shape in enumerate(SHAPES)] + [(SHAPES[2], True)]
 
 
 def _setup(shape, zero, seed=0):

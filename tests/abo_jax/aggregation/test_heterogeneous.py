@@ -148,3 +148,7 @@ def test_per_layer_client_ranks_pytree():
         for i, r in enumerate(ranks[name]):
             np.testing.assert_allclose(got[i], svd_truncate(z, r)[0], rtol=1e-10, atol=1e-12)
     assert diag["sp_tail"].shape == (2, m)
+    # Per-component diagnostics of layers with different r_max are zero-padded when stacked.
+    _, _, diag = jitted(aj.rbla(ranks))(tree, jnp.asarray(p))
+    cover = [[1.0, p[1] + p[2], p[2]], [1.0, p[0], 0.0]]
+    np.testing.assert_allclose(diag["coverage"], cover, rtol=1e-12)
