@@ -1,0 +1,6 @@
+"""Reference models with LoRA targets: the paper's MLP and any flax model through the LoRA spec."""
+
+from abo_jax.models._base import Model, Trainable, fold_base_delta
+from abo_jax.models.mlp import paper_mlp, paper_mlp_ranks
+
+__all__ = ["Model", "Trainable", "fold_base_delta", "paper_mlp", "paper_mlp_ranks"]
