@@ -171,18 +171,34 @@ def client_sets(
     max_rank: int = 3,
     weight_kind: str = "any",
     bound: float = 2.0,
+    shape: st.SearchStrategy[Shape] | None = None,
 ) -> st.SearchStrategy[ClientSet]:
     """Stacked client factors for ``layers`` layers (named ``layer0``, ...) and weights.
 
     All layers share the client count ``m``; each layer draws its own ``(d, k, r)``.
+
+    Args:
+      layers: number of adapted layers.
+      min_clients, max_clients, max_dim, max_rank: size limits.
+      weight_kind: see :func:`weights`.
+      bound: entries lie in ``[-bound, bound]``.
+      shape: a strategy of :class:`Shape` used instead of the size limits (the first layer's ``m``
+        is kept for every layer). A few fixed shapes keep jitted code to one compile per shape.
     """
 
     @st.composite
     def draw_set(draw):
-        m = draw(st.integers(min_clients, max_clients))
+        if shape is not None:
+            first = draw(shape)
+            m = first.m
+        else:
+            first, m = None, draw(st.integers(min_clients, max_clients))
         clients, ranks = {}, {}
         for i in range(layers):
-            s = draw(shapes(min_clients=m, max_clients=m, max_dim=max_dim, max_rank=max_rank))
+            if shape is not None:
+                s = first if i == 0 else draw(shape)._replace(m=m)
+            else:
+                s = draw(shapes(min_clients=m, max_clients=m, max_dim=max_dim, max_rank=max_rank))
             clients[f"layer{i}"] = draw(lora_factors(s, bound))
             ranks[f"layer{i}"] = jnp.full((m,), s.r)
         return ClientSet(clients, draw(weights(m, weight_kind)), ranks)
@@ -191,17 +207,27 @@ def client_sets(
 
 
 def heterogeneous_client_sets(
-    *, min_clients: int = 2, max_clients: int = 4, max_dim: int = 5, max_rank: int = 3
+    *,
+    min_clients: int = 2,
+    max_clients: int = 4,
+    max_dim: int = 5,
+    max_rank: int = 3,
+    shape: st.SearchStrategy[Shape] | None = None,
 ) -> st.SearchStrategy[ClientSet]:
     """Clients with their own ranks ``r_i <= r``, zero-padded to ``r`` by :func:`abo_jax.mask_rank`.
 
-    The ``ranks`` field holds each client's live rank (HetLoRA, RBLA, FlexLoRA layouts).
+    The ``ranks`` field holds each client's live rank (HetLoRA, RBLA, FlexLoRA layouts). ``shape``
+    replaces the size limits as in :func:`client_sets`.
     """
 
     @st.composite
     def draw_set(draw):
-        m = draw(st.integers(min_clients, max_clients))
-        s = draw(shapes(min_clients=m, max_clients=m, max_dim=max_dim, max_rank=max_rank))
+        if shape is not None:
+            s = draw(shape)
+            m = s.m
+        else:
+            m = draw(st.integers(min_clients, max_clients))
+            s = draw(shapes(min_clients=m, max_clients=m, max_dim=max_dim, max_rank=max_rank))
         client_ranks = jnp.asarray(draw(st.lists(st.integers(1, s.r), min_size=m, max_size=m)))
         f = mask_rank(draw(lora_factors(s)), client_ranks)
         return ClientSet({"layer0": f}, draw(weights(m)), {"layer0": client_ranks})
