@@ -222,6 +222,21 @@ def test_fedavg_full_and_merged_helpers():
         base, clients, jnp.asarray(p), jitted(aj.fedex(scale=s))(clients, jnp.asarray(p))[0], s
     )
     np.testing.assert_allclose(gap, 0.0, atol=1e-10)
+    flora = aj.flora(scale=s, init="gaussian")
+    bc_fl, _, _ = jitted(flora)(clients, jnp.asarray(p), flora.init(None, key=jax.random.key(0)))
+    np.testing.assert_allclose(
+        aj.fedavg_gap(base, clients, jnp.asarray(p), bc_fl, s), 0.0, atol=1e-10
+    )
+    shared = as_tree(b, np.broadcast_to(a[1], a.shape))
+    bc_ffa, _, _ = jitted(aj.ffa())(shared, jnp.asarray(p), aj.FFAState())
+    np.testing.assert_allclose(
+        aj.fedavg_gap(base, shared, jnp.asarray(p), bc_ffa, s), 0.0, atol=1e-10
+    )
+    # ... while PS misses FedAvg by its aggregation error (so the gap can be nonzero).
+    bc_ps, _, _ = cached(aj.product_sum)(clients, jnp.asarray(p))
+    bbar, abar = ps(b, a, p)
+    gap = aj.fedavg_gap(base, clients, jnp.asarray(p), bc_ps, s)
+    np.testing.assert_allclose(gap[0], s * np.linalg.norm(bbar @ abar - zbar(b, a, p)), rtol=1e-9)
     bc_sp, _, diag = cached(aj.sum_product, rank=1)(clients, jnp.asarray(p))
     gap = aj.fedavg_gap(base, clients, jnp.asarray(p), bc_sp, s)
     np.testing.assert_allclose(gap, np.full((1, m), s * np.sqrt(diag["sp_tail"][0])), rtol=1e-8)
