@@ -7,12 +7,19 @@ Reference: Chen et al., Convergence Analysis of Aggregation-Broadcast in LoRA-en
 Learning, arXiv:2508.01348.
 """
 
-from abo_jax import aggregation, lora, models, simulation
+from abo_jax import aggregation, data, lora, models, simulation
 from abo_jax.aggregation import *
+from abo_jax.data import *
 from abo_jax.lora import *
 from abo_jax.models import *
 from abo_jax.simulation import *
 
 __version__ = "0.1.0"
 
-__all__ = [*lora.__all__, *aggregation.__all__, *models.__all__, *simulation.__all__]
+__all__ = [
+    *lora.__all__,
+    *aggregation.__all__,
+    *data.__all__,
+    *models.__all__,
+    *simulation.__all__,
+]

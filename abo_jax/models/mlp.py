@@ -13,7 +13,7 @@ from typing import Any, Literal
 import jax
 import jax.numpy as jnp
 
-from abo_jax.lora import LoRAFactors, init_lora
+from abo_jax.lora import LoRAFactors
 from abo_jax.models._base import Model, Trainable, fold_base_delta
 
 __all__ = ["paper_mlp", "paper_mlp_ranks"]
@@ -86,6 +86,8 @@ def paper_mlp(
     names = _layer_names(len(sizes) - 1)
     if any(s <= 0 for s in sizes):
         raise ValueError(f"layer sizes must be positive, got {sizes}")
+    if lora_init not in ("kaiming", "gaussian"):
+        raise ValueError(f"lora_init must be 'kaiming' or 'gaussian', got {lora_init!r}")
     if mode not in ("lora", "full"):
         raise ValueError(f"mode must be 'lora' or 'full', got {mode!r}")
     rank_list = [int(ranks)] * len(names) if isinstance(ranks, int) else [int(r) for r in ranks]
@@ -96,23 +98,34 @@ def paper_mlp(
             raise ValueError(f"ranks: {name} is ({d}, {k}), so 1 <= r <= {min(d, k)}; got {r}")
     cache = bool(cache_first_layer) and mode == "lora"
 
+    shapes = []  # (name, kind, shape, bound) of every uniform draw, in a fixed order
+    for name, r, k, d in zip(names, rank_list, sizes[:-1], sizes[1:], strict=True):
+        bound = 1.0 / math.sqrt(k)
+        shapes += [(name, "w", (d, k), bound), (name, "bias", (d,), bound)]
+        if mode == "lora" and lora_init == "kaiming":
+            shapes.append((name, "a", (r, k), bound))
+    total = sum(math.prod(shape) for _, _, shape, _ in shapes)
+
     def init(key):
-        k_base, k_bias, k_lora = jax.random.split(key, 3)
-        weights, biases, factors = {}, {}, {}
-        for i, (name, k, d) in enumerate(zip(names, sizes[:-1], sizes[1:], strict=True)):
-            bound = 1.0 / math.sqrt(k)
-            weights[name] = jax.random.uniform(
-                jax.random.fold_in(k_base, i), (d, k), dtype, -bound, bound
-            )
-            biases[name] = jax.random.uniform(
-                jax.random.fold_in(k_bias, i), (d,), dtype, -bound, bound
-            )
-            if mode == "lora":
-                factors[name] = init_lora(
-                    jax.random.fold_in(k_lora, i), d, k, rank_list[i], init=lora_init, dtype=dtype
-                )
+        # One uniform draw sliced into every tensor: one PRNG kernel to compile, not one per tensor.
+        k_uniform, k_normal = jax.random.split(key)
+        flat = jax.random.uniform(k_uniform, (total,), dtype, -1.0, 1.0)
+        drawn, offset = {}, 0
+        for name, kind, shape, bound in shapes:
+            size = math.prod(shape)
+            drawn[name, kind] = bound * flat[offset : offset + size].reshape(shape)
+            offset += size
+        weights = {name: drawn[name, "w"] for name in names}
+        biases = {name: drawn[name, "bias"] for name in names}
         if mode == "full":
             return {}, Trainable(lora=weights, extra=biases)
+        factors = {}
+        for i, (name, r, d) in enumerate(zip(names, rank_list, sizes[1:], strict=True)):
+            if lora_init == "kaiming":
+                a = drawn[name, "a"]
+            else:  # peft's gaussian init, std 1/r
+                a = jax.random.normal(jax.random.fold_in(k_normal, i), (r, sizes[i]), dtype) / r
+            factors[name] = LoRAFactors(b=jnp.zeros((d, r), dtype), a=a)
         return weights, Trainable(lora=factors, extra=biases)
 
     def prepare(frozen, x):

@@ -9,7 +9,6 @@ from abo_jax.simulation.client import (
     client_update,
     lora_train_mask,
     masked_cross_entropy,
-    minibatches,
     paper_sgd,
 )
 from abo_jax.simulation.round import SimState, Simulation, global_trainable, make_simulation
@@ -27,7 +26,6 @@ __all__ = [
     "client_update",
     "lora_train_mask",
     "masked_cross_entropy",
-    "minibatches",
     "paper_sgd",
     "SimState",
     "Simulation",

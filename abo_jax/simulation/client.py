@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from abo_jax.data._padding import epoch_batches
 from abo_jax.lora import LoRAFactors, is_lora
 from abo_jax.models._base import Model, Trainable
 
@@ -22,7 +23,6 @@ __all__ = [
     "paper_sgd",
     "masked_cross_entropy",
     "lora_train_mask",
-    "minibatches",
 ]
 
 
@@ -94,34 +94,6 @@ def masked_cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array) 
     return jnp.sum(losses * weights) / jnp.maximum(jnp.sum(weights), 1.0)
 
 
-def minibatches(
-    key: jax.Array, n_max: int, mask: jax.Array, batch_size: int
-) -> tuple[jax.Array, jax.Array]:
-    """One epoch of shuffled minibatches over a client's valid rows (fixed shapes).
-
-    The valid rows come first in a random order, then padding; batches past the client's own size
-    are fully masked (the step is a no-op).
-
-    Args:
-      key: PRNG key of this client and epoch.
-      n_max: padded number of rows.
-      mask: ``(n_max,)`` bool validity mask.
-      batch_size: rows per batch (``> 0``).
-
-    Returns:
-      ``idx (nb, bs)`` int row indices and ``valid (nb, bs)`` bool, ``nb = ceil(n_max / bs)``.
-    """
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    nb = -(-n_max // batch_size)
-    draw = jnp.where(mask, jax.random.uniform(key, (n_max,)), 2.0)
-    perm = jnp.argsort(draw)
-    pad = nb * batch_size - n_max
-    idx = jnp.concatenate([perm, jnp.zeros((pad,), perm.dtype)])
-    valid = jnp.concatenate([mask[perm], jnp.zeros((pad,), bool)])
-    return idx.reshape(nb, batch_size), valid.reshape(nb, batch_size)
-
-
 def _apply_mask(tree: Trainable, trainable_mask: Any) -> Trainable:
     if trainable_mask is None:
         return tree
@@ -149,7 +121,7 @@ def client_update(
     trainable_mask: Any = None,
     opt_state: Any = None,
     loss_fn: Callable[[jax.Array, jax.Array, jax.Array], jax.Array] = masked_cross_entropy,
-    batches_fn: Callable[..., tuple[jax.Array, jax.Array]] = minibatches,
+    batches_fn: Callable[..., tuple[jax.Array, jax.Array]] = epoch_batches,
 ) -> ClientUpdate:
     """Local epochs of masked minibatch steps for ONE client (``jax.vmap`` it over clients).
 
@@ -174,7 +146,8 @@ def client_update(
         zeroed, so neither momentum nor weight decay moves them). ``extra`` is always trained.
       opt_state: optimizer state to continue from; ``None`` starts fresh (``optimizer.init``).
       loss_fn: ``(logits, labels, mask) -> scalar``.
-      batches_fn: ``(key, n_max, mask, batch_size) -> (idx (nb, bs), valid (nb, bs))``.
+      batches_fn: ``(key, mask, batch_size) -> (idx (nb, bs), valid (nb, bs))``, by default
+        :func:`abo_jax.data.epoch_batches` (valid rows first in random order, then padding).
 
     Returns:
       A :class:`ClientUpdate`.
@@ -183,7 +156,6 @@ def client_update(
         raise ValueError(f"local_epochs must be positive, got {local_epochs}")
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    n_max = labels.shape[0]
     if opt_state is None:
         opt_state = optimizer.init(trainable)
 
@@ -207,7 +179,7 @@ def client_update(
         return (params, state), (loss, nonempty)
 
     def epoch(carry, e):
-        idx, valid = batches_fn(jax.random.fold_in(key, e), n_max, mask, batch_size)
+        idx, valid = batches_fn(jax.random.fold_in(key, e), mask, batch_size)
         return jax.lax.scan(step, carry, (idx, valid))
 
     (params, opt_state), (losses, nonempty) = jax.lax.scan(

@@ -135,10 +135,10 @@ def _check_data(data: ClientData) -> int:
     return int(m)
 
 
-def _per_client(value: Any, m: int, name: str, dtype: Any) -> jax.Array:
-    arr = jnp.asarray(value, dtype)
+def _per_client(value: Any, m: int, name: str, dtype: Any) -> np.ndarray:
+    arr = np.asarray(value, dtype)
     if arr.ndim == 0:
-        return jnp.full((m,), arr)
+        return np.full((m,), arr)
     if arr.shape != (m,):
         raise ValueError(
             f"{name}: expected a scalar or shape ({m},) (one per client), got {arr.shape}"
@@ -282,7 +282,7 @@ def make_simulation(
             )
         if make_optimizer is not None and hparams is None:
             raise ValueError("hparams: required when optimizer is a function of hparams")
-        hparams = {} if hparams is None else jax.tree.map(jnp.asarray, hparams)
+        hparams = {} if hparams is None else jax.tree.map(np.asarray, hparams)
         sizes = np.asarray(data.sizes)
         if weights is None:
             if sizes.sum() <= 0:
@@ -291,8 +291,8 @@ def make_simulation(
         w = np.asarray(weights, np.float64)
         if w.shape != (m,) or np.any(w < 0) or not np.isclose(w.sum(), 1.0, atol=1e-6):
             raise ValueError(f"weights: expected ({m},) non-negative summing to 1, got {w}")
-        dtype = jnp.result_type(float)
-        weights = jnp.asarray(w, dtype)
+        dtype = np.dtype(jnp.result_type(float))
+        weights = w.astype(dtype)
         lora_scale = _per_client(1.0 if lora_scale is None else lora_scale, m, "lora_scale", dtype)
         # Data/model mismatches surface here with a clear message, not deep inside the round.
         frozen, trainable = jax.eval_shape(model.init, jax.random.key(0))
@@ -323,7 +323,7 @@ def make_simulation(
         keys = key if jnp.ndim(key) == 1 else jax.random.split(key, num_runs)
         if keys.shape != (num_runs,):
             raise ValueError(f"key: expected one key or ({num_runs},) keys, got {keys.shape}")
-        hp_axes = jax.tree.map(lambda h: 0 if jnp.ndim(h) else None, hparams)
+        hp_axes = jax.tree.map(lambda h: 0 if np.ndim(h) else None, hparams)
         init_runs = jax.vmap(init_one, in_axes=(0, None, None, hp_axes, None))
         return jax.jit(init_runs)(keys, data, weights, hparams, lora_scale)
 
@@ -336,7 +336,8 @@ def make_simulation(
 
     def round_one(state: SimState, data: ClientData, inputs=None):
         m = data.y.shape[0]
-        k_next, k_sample, k_train = jax.random.split(state.key, 3)
+        keys = jax.random.split(state.key, m + 2)  # one PRNG kernel for every purpose
+        k_next, k_sample, client_keys = keys[0], keys[1], keys[2:]
         taking_part = sampling.sample(k_sample, m)
         weights = participation_weights(state.weights, taking_part)
         if inputs is None:
@@ -367,7 +368,7 @@ def make_simulation(
             inputs,
             data.y,
             data.mask,
-            jax.random.split(k_train, m),
+            client_keys,
             state.lora_scale,
             state.opt_state,
         )

@@ -62,7 +62,7 @@ def _reference_update(frozen, trainable, x, y, batches, lr, momentum, wd, scale)
 def _epochs_batches(key, mask, epochs):
     out = []
     for e in range(epochs):
-        idx, valid = aj.minibatches(jax.random.fold_in(key, e), mask.shape[0], mask, BATCH)
+        idx, valid = aj.epoch_batches(jax.random.fold_in(key, e), mask, BATCH)
         out.extend(zip(np.asarray(idx), np.asarray(valid), strict=True))
     return out
 
@@ -129,14 +129,6 @@ def test_trainable_mask_freezes_factors_against_decay_and_momentum(rng):
         np.testing.assert_array_equal(out.trainable.lora[name].a, trainable.lora[name].a)
         assert not np.allclose(out.trainable.lora[name].b, trainable.lora[name].b)
         assert not np.allclose(out.trainable.extra[name], trainable.extra[name])
-
-
-def test_minibatches_cover_each_valid_row_once():
-    mask = jnp.arange(11) < 9
-    idx, valid = aj.minibatches(jax.random.key(3), 11, mask, 4)
-    assert idx.shape == valid.shape == (3, 4)
-    rows = np.sort(np.asarray(idx)[np.asarray(valid)])
-    np.testing.assert_array_equal(rows, np.arange(9))
 
 
 def test_paper_sgd_matches_pytorch_recursion():

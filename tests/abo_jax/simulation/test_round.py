@@ -8,7 +8,7 @@ import optax
 import pytest
 
 import abo_jax as aj
-from abo_jax.aggregation._base import Broadcast, EmptyState, make_abo
+from abo_jax.aggregation._base import Broadcast, make_abo
 
 FEAT, CLASSES = 6, 3
 
@@ -16,16 +16,6 @@ FEAT, CLASSES = 6, 3
 def _model(**kw):
     kw.setdefault("ranks", 2)
     return aj.paper_mlp(FEAT, (5, 4), CLASSES, dtype=jnp.float64, **kw)
-
-
-def _weighted_mean_abo():
-    """FedAvg of whatever tree it gets (dense weights here), written independently of the library."""
-
-    def core(clients, weights, state):
-        mean = jax.tree.map(lambda x: jnp.tensordot(weights, x, axes=1), clients)
-        return Broadcast(aj.broadcast_to_clients(mean, weights.shape[0]), None), state, {}
-
-    return make_abo(lambda clients=None, key=None: EmptyState(), core, require_lora=False)
 
 
 def _record_clients(clients, weights, broadcast):
@@ -70,7 +60,7 @@ def test_one_full_batch_step_equals_centralized_sgd(rng, clients_fn, mode):
     data = clients_fn(rng, [7, 3, 5], FEAT, CLASSES)
     lr = 0.3
     model = _model(mode=mode)
-    abo = _weighted_mean_abo() if mode == "full" else aj.product_sum()
+    abo = aj.fedavg_full() if mode == "full" else aj.product_sum()
     sim = aj.make_simulation(model, abo, optimizer=optax.sgd(lr), local_epochs=1, batch_size=7)
     state0 = sim.init(jax.random.key(1), data)
     if mode == "lora":  # move B off zero so every factor has a gradient
