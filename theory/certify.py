@@ -109,10 +109,34 @@ def first_client_only() -> ABO:
     return make_abo(lambda clients=None, *, key=None: EmptyState(), core)
 
 
+def _trainable(abo: ABO) -> tuple[bool, bool]:
+    """Which factors clients train under this operator (FFA-LoRA freezes ``A``; RoLoRA alternates).
+
+    Read from ``state.trainable_factors()`` at the operator's initial state (the convention of
+    ``abo_jax.trainable_factors``); both when the state has no such method.
+    """
+    probe = {"layer0": LoRAFactors(jnp.zeros((2, 3, 1)), jnp.ones((2, 1, 3)))}
+    method = getattr(abo.init(probe, key=jax.random.key(0)), "trainable_factors", None)
+    if method is None:
+        return True, True
+    t = method()
+    return bool(np.asarray(t.b)), bool(np.asarray(t.a))
+
+
+def _freeze(b: np.ndarray, a: np.ndarray, trainable: tuple[bool, bool]):
+    """Clients' copies of a frozen factor are identical (client 0's)."""
+    if not trainable[0]:
+        b = np.broadcast_to(b[:1], b.shape).copy()
+    if not trainable[1]:
+        a = np.broadcast_to(a[:1], a.shape).copy()
+    return b, a
+
+
 def _probe(abo: ABO) -> None:
-    b = jnp.asarray(np.arange(6.0).reshape(2, 3, 1) / 6)
-    a = jnp.asarray(np.arange(6.0).reshape(2, 1, 3) / 5 + 1)
-    clients = {"layer0": LoRAFactors(b, a)}
+    b = np.arange(6.0).reshape(2, 3, 1) / 6
+    a = np.arange(6.0).reshape(2, 1, 3) / 5 + 1
+    b, a = _freeze(b, a, _trainable(abo))
+    clients = {"layer0": LoRAFactors(jnp.asarray(b), jnp.asarray(a))}
     bc, _, _ = abo.aggregate(
         clients, jnp.array([0.5, 0.5]), abo.init(clients, key=jax.random.key(0))
     )
@@ -260,9 +284,11 @@ def check_identities(
               "base_delta": False}  # fmt: skip
     notes: dict[int, str] = {}
     data = []
+    trainable = _trainable(abo)
+    frozen = not all(trainable)
     for c in range(cases):
         m, d, k, r = shapes[c % len(shapes)]
-        b, a = rng.normal(size=(m, d, r)), rng.normal(size=(m, r, k))
+        b, a = _freeze(rng.normal(size=(m, d, r)), rng.normal(size=(m, r, k)), trainable)
         w = rng.dirichlet(np.ones(m))
         p, q, delta = _apply(abo, b, a, w, scale)
         prod = _product(p, q, delta)
@@ -281,7 +307,12 @@ def check_identities(
             glob and _rel(p[0], bbar) < tol and _rel(q[0], abar) < tol and delta is None
         )
         traits["exact_in_product"] &= _rel(prod, np.broadcast_to(zbar, prod.shape)) < tol
-        g = np.eye(r)[None] + 0.3 * rng.normal(size=(m, r, r))
+        # a per-client gauge would unfreeze a frozen factor: identity 7 does not apply then
+        g = (
+            np.broadcast_to(np.eye(r), (m, r, r))
+            if frozen
+            else np.eye(r)[None] + 0.3 * rng.normal(size=(m, r, r))
+        )
         p2, q2, d2 = _apply(
             abo,
             np.einsum("cdr,crs->cds", b, g),
@@ -296,6 +327,8 @@ def check_identities(
         p3, q3, d3 = _apply(abo, b[perm], a[perm], w[perm], scale)
         errs[9].append(_rel(_product(p3, q3, d3), prod[perm]))
         data.append((b, a, w, p, q, delta, prod, zbar, bbar, abar))
+    traits["frozen_factor"] = frozen
+    traits["product_only"] = traits["product_only"] and not frozen  # untested when frozen
     traits["sp_like"] = (
         traits["global"]
         and not traits["base_delta"]
@@ -305,7 +338,7 @@ def check_identities(
 
     applies = {
         1: traits["global"], 2: traits["sp_like"], 3: traits["sp_like"], 4: traits["ps_like"],
-        5: traits["ps_like"], 6: traits["global"], 7: True, 8: traits["global"], 9: True,
+        5: traits["ps_like"], 6: traits["global"], 7: not frozen, 8: traits["global"], 9: True,
     }  # fmt: skip
     for b, a, w, p, q, _delta, prod, zbar, bbar, abar in data:
         m, _, r = b.shape
@@ -421,6 +454,21 @@ def _mismatch_np(abo, case: strategies.PerturbationSet, delta: float, scale: flo
     return r_w, r_s
 
 
+def _restrict(case: strategies.PerturbationSet, trainable: tuple[bool, bool]):
+    """The case with frozen factors unperturbed (renormalized); ``None`` if nothing moves."""
+    if all(trainable):
+        return case
+    dirs = case.directions["layer0"]
+    u = np.asarray(dirs.b) * trainable[0]
+    v = np.asarray(dirs.a) * trainable[1]
+    w = np.asarray(case.weights)
+    norm2 = float(np.dot(w, (u**2).sum((1, 2)) + (v**2).sum((1, 2))))
+    if norm2 == 0.0:
+        return None
+    dirs = LoRAFactors(jnp.asarray(u / np.sqrt(norm2)), jnp.asarray(v / np.sqrt(norm2)))
+    return case._replace(directions={"layer0": dirs})
+
+
 def _describe(case: strategies.PerturbationSet, ratios: tuple[float, float], deltas) -> dict:
     f, dirs = case.start["layer0"], case.directions["layer0"]
     m, d, r = dirs.b.shape
@@ -436,8 +484,9 @@ def _describe(case: strategies.PerturbationSet, ratios: tuple[float, float], del
     }
 
 
-def _ascent_fn(abo: ABO, condition: str, scale: float):
+def _ascent_fn(abo: ABO, condition: str, scale: float, trainable: tuple[bool, bool]):
     def objective(raw, start, weights, delta, state):
+        raw = LoRAFactors(raw.b * float(trainable[0]), raw.a * float(trainable[1]))
         norm2 = jnp.dot(weights, jnp.sum(raw.b**2, (1, 2)) + jnp.sum(raw.a**2, (1, 2)))
         dirs = jax.tree.map(lambda x: x / jnp.sqrt(norm2), raw)
         clients = {
@@ -458,7 +507,7 @@ def _ascent_sweep(abo, condition, deltas, *, restarts, steps, seed, scale):
     """Worst ratio per delta from gradient ascent over the directions, two kinds of start."""
     rng = np.random.default_rng(seed)
     m, d, k, r = 3, 4, 3, 2
-    fn = _ascent_fn(abo, condition, scale)
+    fn = _ascent_fn(abo, condition, scale, _trainable(abo))
     worst = np.zeros(len(deltas))
     for kind in ("standard", "generic"):
         a0 = rng.uniform(-1, 1, size=(r, k)) / np.sqrt(k)
@@ -491,9 +540,13 @@ def _hypothesis_search(abo, condition, *, max_examples, scale, d1=1e-2, d2=1e-4,
     """Hypothesis search for an input whose ratio grows x``growth`` as delta shrinks d1 -> d2."""
     seen = {"n": 0, "max_ratio": 0.0}
     idx = 0 if condition == "weak" else 1
+    trainable = _trainable(abo)
 
     def grows(case) -> bool:
         seen["n"] += 1
+        case = _restrict(case, trainable)
+        if case is None:
+            return False
         try:
             r1 = _mismatch_np(abo, case, d1, scale)[idx] / d1**2
             r2 = _mismatch_np(abo, case, d2, scale)[idx] / d2**2
@@ -521,6 +574,7 @@ def _hypothesis_search(abo, condition, *, max_examples, scale, d1=1e-2, d2=1e-4,
         case = find(strategy, grows, settings=cfg)
     except (NoSuchExample, Unsatisfiable):
         return None, seen
+    case = _restrict(case, trainable)
     ratios = tuple(_mismatch_np(abo, case, dl, scale)[idx] / dl**2 for dl in (d1, d2))
     return _describe(case, ratios, (d1, d2)), seen
 
@@ -606,8 +660,24 @@ class CertifyReport:
             )
         for c in (self.weak, self.strong):
             if c.counterexample is not None:
-                lines.append(f"\n{c.condition} counterexample: {json.dumps(c.counterexample)}")
+                lines += [
+                    "",
+                    f"{c.condition} counterexample: {_format_counterexample(c.counterexample)}",
+                ]
         return "\n".join(lines)
+
+
+def _format_counterexample(ce: dict) -> str:
+    if "shape" not in ce:
+        return f"{ce.get('source', '')}: ratios {ce.get('ratios')} at deltas {ce.get('deltas')}"
+    sh = ce["shape"]
+    (d1, d2), (r1, r2) = ce["deltas"], ce["ratios"]
+    return (
+        f"(shrunk by Hypothesis) m={sh['m']} d={sh['d']} k={sh['k']} r={sh['r']}, "
+        f"{ce['start_kind']} start B0={ce['start']['B0']} A0={ce['start']['A0']}, "
+        f"weights={ce['weights']}, directions U={ce['directions']['U']} V={ce['directions']['V']}; "
+        f"R/delta^2 = {r1:.3g} at delta={d1:g} -> {r2:.3g} at delta={d2:g}"
+    )
 
 
 def certify(

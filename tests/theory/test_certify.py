@@ -82,7 +82,7 @@ def test_wrong_operator_violates_weak_with_shrunk_counterexample(reports):
 def test_exact_operators_when_available():
     ops = available_operators()
     assert {"sum_product", "product_sum"} <= set(ops)
-    for name in ("fedex", "flora"):
+    for name in ("fedex", "flora", "ffa"):
         if name in ops:  # exact in product: broadcast product plus base_delta reproduces Zbar
             _, traits = check_identities(ops[name](), cases=1)
             assert traits["exact_in_product"], name
@@ -104,6 +104,7 @@ def test_cli_table_and_json_in_process(capsys):
     assert main(["certify", "product_sum"]) == 0
     out = capsys.readouterr().out
     assert "operator: product_sum" in out and "weak      holds" in out and "strong    holds" in out
+    assert "counterexample" not in out
     assert main(["certify", "product_sum", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc[0]["operator"] == "product_sum" and doc[0]["strong"]["status"] == HOLDS
