@@ -1,0 +1,1 @@
+"""Reproduction of the paper's Figure 1 (arXiv:2508.01348): SP vs PS over rank ratio and epochs."""
