@@ -58,6 +58,7 @@ rank-``r`` start plus ``O(\eta)`` drift). The report gives every term separately
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -272,10 +273,15 @@ def rate_bounds(
 def _curvature(problem, points: LoRAFactors, base, s, key, iters):
     """``(L_power, L_F, G_F)``: max over points and clients of the factor Hessian norm of ``f_i``,
     the dense Hessian norm of ``F_i`` and the dense gradient norm ``\\|\\nabla F_i\\|_F``."""
-    kind = problem.kind
+    keys = jax.random.split(key, problem.x.shape[0])
+    fn = _curvature_fn(problem.kind, float(s), int(iters))
+    lf, ld, gd = fn(points, base, problem.x, problem.y, keys)
+    return float(jnp.max(lf)), float(jnp.max(ld)), float(jnp.max(gd))
 
-    @jax.jit
-    def per(points, x, y, key):
+
+@functools.lru_cache(maxsize=16)
+def _curvature_fn(kind: str, s: float, iters: int):
+    def per(points, base, x, y, key):
         def one(f, k):
             k1, k2 = jax.random.split(k)
             lf = hessian_norm(lambda g: client_loss(kind, g, base, x, y, s), f, key=k1, iters=iters)
@@ -287,6 +293,4 @@ def _curvature(problem, points: LoRAFactors, base, s, key, iters):
         n = points.b.shape[0]
         return jax.vmap(one)(points, jax.random.split(key, n))
 
-    keys = jax.random.split(key, problem.x.shape[0])
-    lf, ld, gd = jax.vmap(per, in_axes=(None, 0, 0, 0))(points, problem.x, problem.y, keys)
-    return float(jnp.max(lf)), float(jnp.max(ld)), float(jnp.max(gd))
+    return jax.jit(jax.vmap(per, in_axes=(None, None, 0, 0, 0)))

@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from abo_jax import Broadcast, LoRAFactors, lora_leaves, sp_svd
+from abo_jax import Broadcast, LoRAFactors, is_lora, lora_leaves, sp_svd
 
 __all__ = [
     "PerLayer",
@@ -114,8 +114,25 @@ def _client_layers(clients: Any, weights: Any) -> tuple[list[LoRAFactors], jax.A
     return layers, weights
 
 
+def _delta_leaves(clients: Any, base_delta: Any, n_layers: int) -> list[jax.Array | None]:
+    """``base_delta`` entries aligned with the clients' LoRA layers (``None`` where there is none)."""
+    if base_delta is None:
+        return [None] * n_layers
+    nodes, treedef = jax.tree.flatten(clients, is_leaf=is_lora)
+    try:  # a tree like ``clients`` (the ABO convention): None where a layer has no correction
+        aligned = treedef.flatten_up_to(base_delta)
+        return [x for x, node in zip(aligned, nodes, strict=True) if is_lora(node)]
+    except (ValueError, TypeError):
+        deltas = jax.tree.leaves(base_delta)
+        if len(deltas) != n_layers:
+            raise ValueError(
+                f"base_delta: has {len(deltas)} array leaves but clients have {n_layers} layers"
+            ) from None
+        return list(deltas)
+
+
 def _broadcast_layers(
-    factors: Any, base_delta: Any, layers: list[LoRAFactors]
+    factors: Any, base_delta: Any, layers: list[LoRAFactors], clients: Any = None
 ) -> tuple[list[LoRAFactors], list[jax.Array | None]]:
     bc = lora_leaves(factors)
     if len(bc) != len(layers):
@@ -132,18 +149,13 @@ def _broadcast_layers(
                 f"broadcast: layer #{i} has P {p.b.shape}, Q {p.a.shape}; clients have "
                 f"B {f.b.shape}, A {f.a.shape} (expected P {f.b.shape[1:]} or {(m, *f.b.shape[1:])})"
             )
-    if base_delta is None:
-        deltas: list[jax.Array | None] = [None] * len(layers)
-    else:
-        deltas = [x for x in jax.tree.leaves(base_delta)]
-        if len(deltas) != len(layers):
-            raise ValueError(
-                f"base_delta: has {len(deltas)} array leaves but clients have {len(layers)} layers"
-            )
-        for i, (x, f) in enumerate(zip(deltas, layers, strict=True)):
-            d, k = f.b.shape[1], f.a.shape[2]
-            if x.shape not in ((d, k), (f.b.shape[0], d, k)):
-                raise ValueError(f"base_delta: layer #{i} has shape {x.shape}, expected ({d}, {k})")
+    deltas = _delta_leaves(clients, base_delta, len(layers))
+    for i, (x, f) in enumerate(zip(deltas, layers, strict=True)):
+        if x is None:
+            continue
+        d, k = f.b.shape[1], f.a.shape[2]
+        if x.shape not in ((d, k), (f.b.shape[0], d, k)):
+            raise ValueError(f"base_delta: layer #{i} has shape {x.shape}, expected ({d}, {k})")
     if _concrete(bc, deltas):
         arrays = [x for p in bc for x in p] + [x for x in deltas if x is not None]
         if not all(bool(np.all(np.isfinite(np.asarray(x)))) for x in arrays):
@@ -234,7 +246,7 @@ def weak_mismatch(
     """
     factors, base_delta = _split_broadcast(broadcast, base_delta)
     layers, weights = _client_layers(clients, weights)
-    bc, deltas = _broadcast_layers(factors, base_delta, layers)
+    bc, deltas = _broadcast_layers(factors, base_delta, layers, clients)
     values = []
     for f, pq, delta in zip(layers, bc, deltas, strict=True):
         m = f.b.shape[0]
@@ -417,7 +429,7 @@ def product_error(
     """
     factors, base_delta = _split_broadcast(broadcast, base_delta)
     layers, weights = _client_layers(clients, weights)
-    bc, deltas = _broadcast_layers(factors, base_delta, layers)
+    bc, deltas = _broadcast_layers(factors, base_delta, layers, clients)
     values = []
     for f, pq, delta in zip(layers, bc, deltas, strict=True):
         m = f.b.shape[0]

@@ -23,19 +23,32 @@ def test_power_iteration_matches_dense_hessian(rng):
         )
 
     v = jnp.concatenate([f.b.ravel(), f.a.ravel()])
-    want = np.max(np.abs(np.linalg.eigvalsh(np.asarray(jax.hessian(flat_loss)(v)))))
-    got = hessian_norm(
-        lambda g: client_loss(prob.kind, g, prob.w0, x, y), f, key=jax.random.key(0), iters=200
-    )
+    want = np.max(np.abs(np.linalg.eigvalsh(np.asarray(jax.jit(jax.hessian(flat_loss))(v)))))
+    got = jax.jit(
+        lambda f: hessian_norm(
+            lambda g: client_loss(prob.kind, g, prob.w0, x, y), f, key=jax.random.key(0), iters=200
+        )
+    )(f)
     np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["ps", "sp"])
-def test_rate_bound_holds_on_a_run(name):
+ETA, E = 0.02, 2
+
+
+@pytest.fixture(scope="module")
+def runs():
     prob = least_squares_problem(jax.random.key(0), clients=3, samples=16, d=3, k=4, rank=1)
-    op = product_sum() if name == "ps" else sum_product()
-    eta, e = 0.02, 2
-    run = run_federated(prob, op, eta=eta, rounds=6, local_steps=e, key=jax.random.key(1))
+    ops = {"ps": product_sum(), "sp": sum_product()}
+    return prob, {
+        name: run_federated(prob, op, eta=ETA, rounds=6, local_steps=E, key=jax.random.key(1))
+        for name, op in ops.items()
+    }
+
+
+@pytest.mark.parametrize("name", ["ps", "sp"])
+def test_rate_bound_holds_on_a_run(runs, name):
+    prob, all_runs = runs
+    run, eta, e = all_runs[name], ETA, E
     rep = rate_bounds(prob, run, eta=eta, local_steps=e)
     measured = float(np.mean(run.records["grad_sq_norm"]))
     assert rep.measured == pytest.approx(measured)
@@ -55,11 +68,9 @@ def test_rate_bound_holds_on_a_run(name):
     assert "holds" in rep.table()
 
 
-def test_rate_bound_bad_input():
-    prob = least_squares_problem(jax.random.key(0), clients=2, samples=8, d=2, k=3, rank=1)
-    run = run_federated(
-        prob, product_sum(), eta=0.01, rounds=2, local_steps=1, key=jax.random.key(0)
-    )
+def test_rate_bound_bad_input(runs):
+    prob, all_runs = runs
+    run = all_runs["ps"]
     with pytest.raises(ValueError, match="eta: the step size must be > 0"):
         rate_bounds(prob, run, eta=0.0, local_steps=1)
     spread = run._replace(

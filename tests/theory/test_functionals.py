@@ -181,3 +181,24 @@ def test_bad_inputs(rng):
         fn.weak_mismatch(clients, w, jax.tree.map(lambda x: x[0] * jnp.inf, clients))
     with pytest.raises(ValueError, match="has 2 LoRAFactors"):
         fn.weak_mismatch(clients, w, {"l": wrong["l"], "z": wrong["l"]})
+
+
+def test_mixed_tree_with_bias_frozen_and_partial_base_delta(rng):
+    # the simulator's client trees: LoRA layers, dense bias leaves (averaged), frozen None
+    m = 3
+    lora = _clients(rng, m, {"l1": (3, 4, 1), "l2": (2, 3, 1)})
+    clients = {"l1": lora["l1"], "bias": jnp.asarray(rng.normal(size=(m, 3))), "frozen": None,
+               "l2": lora["l2"]}  # fmt: skip
+    w = _weights(rng, m)
+    factors = {"l1": jax.tree.map(lambda x: x[0], lora["l1"]), "bias": jnp.zeros((m, 3)),
+               "frozen": None, "l2": jax.tree.map(lambda x: x[0], lora["l2"])}  # fmt: skip
+    delta = {"l1": None, "bias": None, "frozen": None, "l2": jnp.ones((2, 3))}
+    got = fn.weak_mismatch(clients, w, Broadcast(factors, delta))
+    b, a = np.asarray(lora["l2"].b), np.asarray(lora["l2"].a)
+    p, q = b[0], a[0]
+    want_l2 = sum(float(w[i]) * np.sum((p @ q + 1.0 - b[i] @ a[i]) ** 2) for i in range(m))
+    np.testing.assert_allclose(got.layers[1], want_l2, rtol=1e-10)
+    no_delta = fn.weak_mismatch(lora, w, {k: factors[k] for k in ("l1", "l2")})
+    np.testing.assert_allclose(got.layers[0], no_delta.layers[0], rtol=1e-12)
+    metrics = fn.round_metrics(clients, w, Broadcast(factors, delta))
+    assert metrics["weak_mismatch_layers"].shape == (2,)
