@@ -64,7 +64,7 @@ def test_rate_bound_holds_on_a_run(runs, name):
     lf = max(np.linalg.eigvalsh(np.asarray(x.T @ x) / x.shape[0])[-1] for x in prob.x)
     np.testing.assert_allclose(rep.dense_smoothness, lf, rtol=1e-6)
     if name == "ps":
-        assert rep.first_order_strong == 0.0  # PS broadcasts the factor average exactly
+        assert rep.first_order_strong < 1e-12  # PS broadcasts the factor average (up to rounding)
     assert "holds" in rep.table()
 
 
