@@ -444,9 +444,12 @@ def product_error(
             zbar = _zbar(f, weights)
             prod = jnp.einsum("...dr,...rk->...dk", pq.b, pq.a)
             if delta is not None:
-                prod = (
-                    prod + delta / scale if prod.ndim == delta.ndim else prod[None] + delta / scale
-                )
+                dl = delta / scale
+                if prod.ndim < dl.ndim:
+                    prod = prod[None]
+                elif dl.ndim < prod.ndim:
+                    dl = dl[None]
+                prod = prod + dl
             if prod.ndim == 2:
                 value = jnp.sum(jnp.square(prod - zbar))
             else:

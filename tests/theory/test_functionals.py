@@ -96,6 +96,15 @@ def test_base_delta_counts_in_product(rng):
     got = fn.weak_mismatch(clients, w, bc, scale=scale)
     np.testing.assert_allclose(got.total, fn.weak_optimum(clients, w).total, rtol=1e-10)
     np.testing.assert_allclose(fn.product_error(clients, w, bc, scale=scale).total, 0, atol=1e-20)
+    # the ABO layout: factors stacked per client (m, ...), base_delta (d, k) or (m, d, k)
+    stacked = jax.tree.map(lambda x: jnp.broadcast_to(x[None], (m, *x.shape)), bc.factors)
+    for dl in (bc.base_delta, {"small": jnp.broadcast_to(jnp.asarray(delta)[None], (m, d, k))}):
+        sb = Broadcast(stacked, dl)
+        np.testing.assert_allclose(fn.weak_mismatch(clients, w, sb, scale=scale).total, got.total)
+        np.testing.assert_allclose(
+            fn.product_error(clients, w, sb, scale=scale).total, 0, atol=1e-20
+        )
+        fn.round_metrics(clients, w, sb, scale=scale)
 
 
 def test_factor_norms_and_strong_to_weak(rng):
