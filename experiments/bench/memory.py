@@ -22,6 +22,7 @@ from functools import partial
 import jax
 import numpy as np
 
+from abo_jax.data.client_data import ClientData
 from experiments.bench import common
 from experiments.bench import rounds as R
 from experiments.bench import workload as W
@@ -51,7 +52,7 @@ class Config:
 def get_config(quick: bool = False) -> Config:
     if quick:
         spec = W.RoundSpec(sizes=(64, 16, 10), ranks=(2, 2), clients=0, samples=20, batch=10)
-        return Config(clients=(2, 4), models=(("tiny 64-16-10", spec),))
+        return Config(clients=(2, 4), models=(("tiny 64-16-10", spec),), merged_contrast=False)
     return Config()
 
 
@@ -60,7 +61,8 @@ def sizes_per_client(spec: W.RoundSpec) -> dict[str, int]:
     item = np.dtype(spec.dtype).itemsize
     lora = sum(r * (d + k) for (d, k), r in zip(spec.layer_shapes, spec.ranks, strict=True))
     bias = sum(d for d, _ in spec.layer_shapes)
-    data = spec.samples * (spec.sizes[0] * item + 4)  # x float + y int32
+    # x float, y int32, mask bool, and the simulator's cached first-layer x @ W0_1.T
+    data = spec.samples * (spec.sizes[0] * item + 4 + 1 + spec.sizes[1] * item)
     return {
         "trainable": (lora + bias) * item,  # LoRA factors + biases
         "trainable_with_momentum": 2 * (lora + bias) * item,
@@ -69,11 +71,39 @@ def sizes_per_client(spec: W.RoundSpec) -> dict[str, int]:
     }
 
 
-def analyse(round_fn, spec: W.RoundSpec, seed: int) -> dict:
-    """Compiles ``round_fn`` for abstract inputs of ``spec`` and reads its memory plan."""
-    problem = jax.eval_shape(partial(W.make_problem, spec, seed))
+def abstract_sim_args(spec: W.RoundSpec, seed: int):
+    """``(round, (state, data, inputs))`` of abo_jax's simulator for ``spec``, all abstract.
+
+    The state is initialized for 3 clients and its per-client leaves are re-shaped to ``m``, so
+    nothing of size ``m`` is ever allocated.
+    """
+    model, _, sim = R.sim_parts(spec)
+    m, m0 = spec.clients, 3
+    small = W.make_problem(dataclasses.replace(spec, clients=m0), seed)
+    state = sim.init(jax.random.key(seed), R.client_data(small))
+    shape = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype)
+    grow = lambda x: jax.ShapeDtypeStruct((m, *x.shape[1:]), x.dtype)
+    state = jax.tree.map(shape, state)._replace(
+        clients=jax.tree.map(grow, state.clients),
+        opt_state=jax.tree.map(grow, state.opt_state),
+        weights=grow(state.weights),
+        lora_scale=grow(state.lora_scale),
+    )
+    n = spec.samples
+    data = ClientData(
+        x=jax.ShapeDtypeStruct((m, n, spec.sizes[0]), np.dtype(spec.dtype)),
+        y=jax.ShapeDtypeStruct((m, n), np.int32),
+        mask=jax.ShapeDtypeStruct((m, n), np.bool_),
+        sizes=jax.ShapeDtypeStruct((m,), np.int32),
+    )
+    inputs = jax.eval_shape(jax.vmap(model.prepare, in_axes=(None, 0)), state.frozen, data.x)
+    return sim.round, (state, data, inputs)
+
+
+def analyse(round_fn, args) -> dict:
+    """Compiles the jitted ``round_fn`` for the abstract ``args`` and reads its memory plan."""
     t0 = time.perf_counter()
-    compiled = jax.jit(round_fn).lower(problem).compile()
+    compiled = round_fn.lower(*args).compile()
     compile_s = time.perf_counter() - t0
     ma = compiled.memory_analysis()
     fields = {
@@ -97,18 +127,20 @@ def run(config: Config) -> dict:
     for model_name, base_spec in config.models:
         variants = [("abo-jax round", False)]
         if config.merged_contrast:
-            variants.append(("merged W0+BA (contrast)", True))
+            variants.append(("merged W0+BA (contrast)", True))  # the bench's round, merged forward
         for variant, merged in variants:
             per_m = []
             for m in config.clients:
                 spec = dataclasses.replace(base_spec, clients=m)
-                if merged:
-                    fn = partial(W.vmapped_round, spec, merged=True)
+                print(f"  memory: {model_name}, {variant}, m={m} ...", file=sys.stderr, flush=True)
+                if merged or not R.sim_available():
+                    fn = jax.jit(partial(W.vmapped_round, spec, merged=merged))
+                    args = (jax.eval_shape(partial(W.make_problem, spec, config.seed)),)
+                    impl = impl if merged else "bench"
                 else:
-                    rut = R.vmapped_round(spec)
-                    impl = rut.impl
-                    fn = rut.fn
-                fields = analyse(fn, spec, config.seed)
+                    fn, args = abstract_sim_args(spec, config.seed)
+                    impl = "sim"
+                fields = analyse(fn, args)
                 row = {"model": model_name, "variant": variant, "m": m, **fields}
                 rows.append(row)
                 per_m.append(row)

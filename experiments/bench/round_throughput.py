@@ -9,8 +9,9 @@ the same run, round-robin. FLOPs are counted two ways (see ``workload.round_flop
   ``x @ W0_1.T`` depends only on the data and is computed once per run, not every step;
 * ``naive``: a plain forward/backward that recomputes it at every step.
 
-Variants: the round under test, and (experiment) the bench's own round with the first layer's frozen
-product cached across rounds, which is what the ``unavoidable`` count assumes.
+Variants: the round under test (abo_jax's simulator, which caches that product with ``sim.prepare``),
+and, for comparison, the bench's own reference round fed the cached product (``bench_cached_first``)
+and recomputing it every step (``bench_naive``).
 Run: ``python -m experiments.bench.round_throughput [--quick] [--out DIR]``.
 Target (issue 7): the round at >= 70% of the matmul FLOP/s on CPU (unavoidable FLOPs).
 """
@@ -33,13 +34,14 @@ class Config:
     spec: W.RoundSpec = W.RoundSpec()  # paper MLP, m = 10, n = 6000, batch 64, E = 1
     matmul_n: int = 2048
     reps: int = 5
+    experiments: bool = True  # also time the bench's own round with and without the cache
     seed: int = 0
 
 
 def get_config(quick: bool = False) -> Config:
     if quick:
         spec = W.RoundSpec(sizes=(64, 16, 10), ranks=(2, 2), clients=2, samples=40, batch=10)
-        return Config(spec=spec, matmul_n=256, reps=2)
+        return Config(spec=spec, matmul_n=256, reps=2, experiments=False)
     return Config()
 
 
@@ -59,21 +61,23 @@ def run(config: Config, reps: int | None = None) -> dict:
     spec = config.spec
     problem = W.make_problem(spec, config.seed)
     mm, mm_flops, mm_c = common.matmul_thunk(config.matmul_n)
-    variants = {"round": R.vmapped_round(spec)}
-    if variants["round"].impl == "bench":
-        variants["round_cached_first"] = R.vmapped_round(spec, cache_first=True)
+    harnesses = {"round": R.make_harness(spec, problem, seed=config.seed)}
+    if config.experiments:
+        harnesses["bench_cached_first"] = R.make_harness(
+            spec, problem, impl="bench", cache_first=True, seed=config.seed
+        )
+        harnesses["bench_naive"] = R.make_harness(spec, problem, impl="bench", seed=config.seed)
     thunks, compile_s, xla = {}, {"matmul": mm_c}, {}
-    for name, rut in variants.items():
-        arg = rut.prepare(problem)
-        compiled, compile_s[name] = common.compile_timed(rut.fn, arg)
+    for name, h in harnesses.items():
+        compiled, compile_s[name] = common.compile_timed(h.vmapped, *h.vmapped_args)
         xla[name] = xla_flops(compiled)
-        thunks[name] = lambda c=compiled, a=arg: c(a)
+        thunks[name] = lambda c=compiled, a=h.vmapped_args: c(*a)
     thunks["matmul"] = mm
     t = common.time_interleaved(thunks, reps=reps, warmup=1)
     peak = mm_flops / t["matmul"].median_s
     flops = W.round_flops(spec)
     rows = []
-    for name in variants:
+    for name in harnesses:
         s = t[name].median_s
         rows.append(
             {
@@ -100,7 +104,7 @@ def run(config: Config, reps: int | None = None) -> dict:
             "times_s": t["matmul"].times_s,
         },
         "targets": targets,
-        "round_impl": variants["round"].impl,
+        "round_impl": harnesses["round"].impl,
     }
 
 
@@ -134,7 +138,8 @@ def main(argv: list[str] | None = None) -> dict:
         f"FLOPs per round: unavoidable {f['unavoidable']:.3e}, naive {f['naive']:.3e}"
         f" (first-layer frozen product once per run: {f['first_once']:.3e});"
         f" matmul {config.matmul_n}^3 x 2 in float32.",
-        "round_cached_first (experiment): the bench's round fed x @ W0_1.T computed once per run.",
+        "bench_cached_first / bench_naive: the bench's own round (workload.py) with x @ W0_1.T"
+        " cached once per run / recomputed every step.",
         f"targets: {result['targets']}",
     ]
     common.print_report(

@@ -80,10 +80,9 @@ def run(config: Config, reps: int | None = None) -> dict:
     for m in config.clients:
         spec = dataclasses.replace(config.spec, clients=m)
         problem = W.make_problem(spec, config.seed)
-        vm = R.vmapped_round(spec)
-        impl = vm.impl
-        problem_v = vm.prepare(problem)
-        vm_fn, vm_c = common.compile_timed(vm.fn, problem_v)
+        h = R.make_harness(spec, problem, seed=config.seed)
+        impl = h.impl
+        vm_fn, vm_c = common.compile_timed(h.vmapped, *h.vmapped_args)
         torch_round, torch_state = T.make_round(spec, problem, seed=config.seed)
 
         def torch_thunk(threads, f=torch_round, s=torch_state):
@@ -94,10 +93,11 @@ def run(config: Config, reps: int | None = None) -> dict:
                 torch.set_num_threads(default_threads)
 
         thunks = {
-            "abo_jax": lambda f=vm_fn, p=problem_v: f(p),
+            "abo_jax": lambda f=vm_fn, a=h.vmapped_args: f(*a),
             "torch": lambda: torch_thunk(default_threads),
             "torch_1thread": lambda: torch_thunk(1),
         }
+        print(f"  vs_torch: m={m} ...", file=sys.stderr, flush=True)
         t = common.time_interleaved(thunks, reps=reps, warmup=1)
         t_torch = min(t["torch"].median_s, t["torch_1thread"].median_s)
         rows.append(

@@ -42,7 +42,7 @@ class RoundSpec:
     sizes: tuple[int, ...] = (784, 200, 200, 10)  # layer widths, input first (the paper's MLP)
     ranks: tuple[int, ...] = (8, 8, 5)  # LoRA rank per layer (delta = 0.05: int(160 d), int(100 d))
     clients: int = 10  # m
-    samples: int = 6000  # n per client (one MNIST class ~ 6000)
+    samples: int = 6016  # n per client (one MNIST class ~ 6000; 94 full batches of 64)
     batch: int = 64
     epochs: int = 1
     lr: float = 0.01
