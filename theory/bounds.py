@@ -131,6 +131,11 @@ class RateBoundReport:
     factor_strong: float
     holds_weak: bool
     holds_strong: bool
+    # Each round's descent inequality of the derivation, with that round's measured terms:
+    # f(x^{t+1}) - f(x^t) + eta E ||grad f(x^t)||^2 <= local drift + first- + second-order terms.
+    per_round_weak: bool  # every round satisfies the weak-bound step
+    per_round_strong: bool  # every round satisfies the strong-bound step
+    per_round_slack: tuple[float, float]  # smallest (rhs - lhs) over rounds, weak and strong
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -144,17 +149,17 @@ class RateBoundReport:
             f"{self.smoothness_structural:.4g})  G^2={self.grad_second_moment:.4g}  "
             f"C_A={self.c_a:.3g}  C_B={self.c_b:.3g}",
             f"{'bound':<8}{'D/(eta E T)':<14}{'M eta':<12}{'N eta':<12}{'F1':<12}{'total':<12}"
-            f"{'measured':<12}{'factor':<10}holds",
+            f"{'measured':<12}{'factor':<10}holds  every round",
         ]
-        for name, n, f1, total, factor, ok in (
+        for name, n, f1, total, factor, ok, step in (
             ("weak", self.n_weak, self.first_order_weak, self.bound_weak, self.factor_weak,
-             self.holds_weak),
+             self.holds_weak, self.per_round_weak),
             ("strong", self.n_strong, self.first_order_strong, self.bound_strong,
-             self.factor_strong, self.holds_strong),
+             self.factor_strong, self.holds_strong, self.per_round_strong),
         ):  # fmt: skip
             rows.append(
                 f"{name:<8}{d_term:<14.4g}{self.m_term * self.eta:<12.4g}{n * self.eta:<12.4g}"
-                f"{f1:<12.4g}{total:<12.4g}{self.measured:<12.4g}{factor:<10.3g}{ok}"
+                f"{f1:<12.4g}{total:<12.4g}{self.measured:<12.4g}{factor:<10.3g}{str(ok):<7}{step}"
             )
         return "\n".join(rows)
 
@@ -185,7 +190,9 @@ def rate_bounds(
 
     Returns:
       :class:`RateBoundReport`; ``holds_*`` say whether the bound is above the measured average
-      squared gradient norm, ``factor_*`` by how much.
+      squared gradient norm, ``factor_*`` by how much; ``per_round_*`` whether every round's
+      descent step of the derivation holds with that round's measured terms (a check of the
+      derivation itself, not only of its sum).
 
     Raises:
       ValueError: ``eta <= 0``, a personalized operator or one with ``base_delta``, too few rounds.
@@ -240,6 +247,18 @@ def rate_bounds(
     bound_weak = d_gap / denom + (m_term + n_weak) * eta + f1_weak
     bound_strong = d_gap / denom + (m_term + n_strong) * eta + f1_strong
     measured = float(np.mean(rec["grad_sq_norm"]))
+
+    lhs = rec["loss_next"] - rec["loss"] + eta * e_steps * rec["grad_sq_norm"]
+    local = big_l * eta**2 * g2 * (e_steps * (e_steps - 1) + e_steps / 2)
+    rhs_weak = local + s * rec["dense_grad_norm_zbar"] * e_w + 0.5 * s**2 * l_dense * e_w**2
+    rhs_strong = (
+        local
+        + rec["grad_norm_ybar"] * e_s
+        + 0.5 * big_l * (rec["strong_mismatch_b"] + rec["strong_mismatch_a"])
+    )
+    tol = 1e-12 * max(1.0, float(np.max(np.abs(rec["loss"]))))
+    slack_weak = float(np.min(rhs_weak - lhs))
+    slack_strong = float(np.min(rhs_strong - lhs))
     return RateBoundReport(
         eta=float(eta),
         local_steps=e_steps,
@@ -267,6 +286,9 @@ def rate_bounds(
         factor_strong=bound_strong / measured if measured > 0 else float("inf"),
         holds_weak=bool(bound_weak >= measured),
         holds_strong=bool(bound_strong >= measured),
+        per_round_weak=bool(slack_weak >= -tol),
+        per_round_strong=bool(slack_strong >= -tol),
+        per_round_slack=(slack_weak, slack_strong),
     )
 
 

@@ -53,6 +53,7 @@ def test_rate_bound_holds_on_a_run(runs, name):
     measured = float(np.mean(run.records["grad_sq_norm"]))
     assert rep.measured == pytest.approx(measured)
     assert rep.holds_weak and rep.holds_strong, rep.table()
+    assert rep.per_round_weak and rep.per_round_strong, rep.per_round_slack
     assert 1.0 <= rep.factor_weak < np.inf and 1.0 <= rep.factor_strong < np.inf
     # the terms add up as documented: D/(eta E T) + (M + N) eta + F1
     d_term = rep.initial_gap / (eta * e * 6)
