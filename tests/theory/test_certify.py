@@ -84,8 +84,9 @@ def test_exact_operators_when_available():
     assert {"sum_product", "product_sum"} <= set(ops)
     for name in ("fedex", "flora", "ffa"):
         if name in ops:  # exact in product: broadcast product plus base_delta reproduces Zbar
-            _, traits = check_identities(ops[name](), cases=1)
+            checks, traits = check_identities(ops[name](), cases=1)
             assert traits["exact_in_product"], name
+            assert all(c.status != VIOLATED for c in checks), (name, checks)
 
 
 def test_certify_bad_input():
