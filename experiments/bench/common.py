@@ -36,6 +36,8 @@ __all__ = [
     "env_info",
     "format_table",
     "matmul_flops",
+    "matmul_peak",
+    "matmul_reference",
     "matmul_thunk",
     "print_report",
     "time_interleaved",
@@ -126,6 +128,30 @@ def matmul_thunk(n: int = 2048, dtype: Any = jnp.float32, *, seed: int = 0):
     b = jax.random.normal(key_b, (n, n), dtype)
     compiled, compile_s = compile_timed(jnp.matmul, a, b)
     return (lambda: compiled(a, b)), matmul_flops(n), compile_s
+
+
+def matmul_reference(sizes=(512, 1024, 2048), dtype: Any = jnp.float32):
+    """Thunks for square matmuls of several sizes, to time alongside the code under test.
+
+    The machine's matmul FLOP/s is the best median over the sizes (:func:`matmul_peak`): on a loaded
+    machine a large multi-threaded product can suffer more than a smaller one, and the reference
+    should be what the machine can reach, not one unlucky size.
+
+    Returns:
+      ``({"matmul_<n>": thunk}, {"matmul_<n>": flops})``.
+    """
+    thunks, flops = {}, {}
+    for n in sizes:
+        thunk, f, _ = matmul_thunk(n, dtype)
+        thunks[f"matmul_{n}"], flops[f"matmul_{n}"] = thunk, f
+    return thunks, flops
+
+
+def matmul_peak(timings: Mapping[str, Timing], flops: Mapping[str, float]) -> dict[str, Any]:
+    """``{"gflops": best, "size": name, "per_size": {name: GFLOP/s}}`` from :func:`matmul_reference`."""
+    per = {name: flops[name] / timings[name].median_s / 1e9 for name in flops}
+    best = max(per, key=per.get)
+    return {"gflops": per[best], "best": best, "per_size_gflops": per}
 
 
 def _cpu_model() -> str:
