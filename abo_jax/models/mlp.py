@@ -98,12 +98,15 @@ def paper_mlp(
             raise ValueError(f"ranks: {name} is ({d}, {k}), so 1 <= r <= {min(d, k)}; got {r}")
     cache = bool(cache_first_layer) and mode == "lora"
 
-    shapes = []  # (name, kind, shape, bound) of every uniform draw, in a fixed order
-    for name, r, k, d in zip(names, rank_list, sizes[:-1], sizes[1:], strict=True):
+    # (name, kind, shape, bound) of every uniform draw; the base comes first so that "lora" and
+    # "full" models from the same key share the same random base.
+    shapes = []
+    for name, k, d in zip(names, sizes[:-1], sizes[1:], strict=True):
         bound = 1.0 / math.sqrt(k)
         shapes += [(name, "w", (d, k), bound), (name, "bias", (d,), bound)]
-        if mode == "lora" and lora_init == "kaiming":
-            shapes.append((name, "a", (r, k), bound))
+    if mode == "lora" and lora_init == "kaiming":
+        for name, r, k in zip(names, rank_list, sizes[:-1], strict=True):
+            shapes.append((name, "a", (r, k), 1.0 / math.sqrt(k)))
     total = sum(math.prod(shape) for _, _, shape, _ in shapes)
 
     def init(key):
