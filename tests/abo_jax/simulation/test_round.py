@@ -217,20 +217,6 @@ def test_personalized_eval_equals_global_for_a_global_operator(rng, clients_fn):
     np.testing.assert_allclose(out["global"]["loss"], out["personalized"]["loss"], rtol=1e-12)
 
 
-def test_heterogeneous_ranks_stay_masked(rng, clients_fn):
-    data = clients_fn(rng, [5, 7, 6], FEAT, CLASSES)
-    sim = aj.make_simulation(
-        _model(ranks=3), aj.product_sum(), batch_size=4, client_ranks=[1, 2, 3],
-        metrics_fn=_record_clients,
-    )  # fmt: skip
-    state = sim.init(jax.random.key(9), data, lora_scale=jnp.array([3.0, 1.5, 1.0]))
-    _, metrics = sim.round(state, data)
-    for f in metrics["clients"].values():
-        np.testing.assert_array_equal(f.a[0, 1:], 0.0)
-        np.testing.assert_array_equal(f.b[1, :, 2:], 0.0)
-        assert np.any(f.a[2, 2] != 0)
-
-
 def test_bad_config_errors(rng, clients_fn):
     data = clients_fn(rng, [5, 7], FEAT, CLASSES)
     with pytest.raises(ValueError, match="batch_size"):
