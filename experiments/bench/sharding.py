@@ -38,7 +38,9 @@ class Config:
         sizes=(64, 200, 200, 10), ranks=(8, 8, 5), clients=1000, samples=20, batch=10, epochs=1
     )
     reps: int = 5
-    rtol: float = 1e-5  # "same numbers": max |x_N - x_1| / max |x_1| per leaf
+    # "same numbers": max |x_N - x_1| / max |x_1| per leaf; float32 sums over m clients in another
+    # order (per-device partial sums) differ by ~1e-5 relative at m = 1000.
+    rtol: float = 1e-4
     seed: int = 0
     timeout_s: float = 600.0
 
@@ -152,6 +154,7 @@ def run(config: Config, reps: int | None = None) -> dict:
                 float(np.max(np.abs(got[k] - r)) / max(float(np.max(np.abs(r))), 1e-30))
                 for k, r in zip(got.files, ref_leaves, strict=True)
             ]
+            row["rel_diff_per_leaf_vs_1"] = errs
             row["max_rel_diff_vs_1"] = max(errs)
             row["same_numbers"] = row["max_rel_diff_vs_1"] <= config.rtol
     t1 = rows[0]["round_s"]
