@@ -21,7 +21,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = ROOT / "notebooks"
 PATHS = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
-LIMIT_S = 120  # per notebook, quick sizes; all together are budgeted at ~3 minutes on 2 cores
+# Per-notebook wall-clock limit: a guard against hangs, generous for a loaded machine. At the quick
+# sizes all four together take well under 3 minutes on 2 idle cores.
+LIMIT_S = 300
 MARK = "ABO_KERNEL_PYTHON="
 
 
@@ -47,17 +49,12 @@ def _execute(nb: nbformat.NotebookNode, cwd: Path, limit_s: float) -> nbformat.N
 
 
 def test_notebooks_exist():
-    names = [p.stem for p in PATHS]
-    assert (
-        names
-        == [
-            "01_aggregation_broadcast",
-            "02_conditions_and_rates",
-            "03_paper_figure",
-            "04_your_operator",
-        ][: len(names)]
-    )
-    assert "01_aggregation_broadcast" in names
+    assert [p.stem for p in PATHS] == [
+        "01_aggregation_broadcast",
+        "02_conditions_and_rates",
+        "03_paper_figure",
+        "04_your_operator",
+    ]
 
 
 @pytest.mark.parametrize("path", PATHS, ids=[p.stem for p in PATHS])
@@ -90,6 +87,8 @@ def test_notebook_executes(path, tmp_path):
         "import os, sys\n"
         "os.environ['ABO_NOTEBOOK_QUICK'] = '1'\n"
         f"os.environ['ABO_NOTEBOOK_TMP'] = {str(tmp_path)!r}\n"
+        # notebook 03 finds no results there, so it runs the paper experiment's quick setting
+        f"os.environ['ABO_PAPER_RESULTS'] = {str(tmp_path / 'no-results')!r}\n"
         f"print({MARK!r} + sys.executable)"
     )
     nb.cells.insert(0, setup)
