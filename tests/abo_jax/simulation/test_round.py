@@ -207,13 +207,18 @@ def test_metrics_fn_and_history(rng, clients_fn):
     assert hist["abo/bytes_up"].shape == (4, 3)
 
 
-def test_personalized_eval_equals_global_for_a_global_operator(rng, clients_fn):
+def test_personalized_eval_equals_global_for_identical_clients(rng, clients_fn):
     data = clients_fn(rng, [5, 7], FEAT, CLASSES)
     out = {}
     for mode in ("global", "personalized"):
         sim = aj.make_simulation(_model(), aj.product_sum(), batch_size=4, eval_mode=mode)
-        state, _ = sim.round(sim.init(jax.random.key(8), data), data)
-        out[mode] = sim.evaluate(state, data.x[0], data.y[0])
+        state = sim.init(jax.random.key(8), data, lora_scale=0.5)
+        lora = jax.tree.map(
+            lambda f: f._replace(b=f.b + 0.3), state.clients.lora, is_leaf=aj.is_lora
+        )  # identical non-zero B on every client, as a global operator broadcasts
+        out[mode] = sim.evaluate(
+            state._replace(clients=state.clients._replace(lora=lora)), data.x[0], data.y[0]
+        )
     np.testing.assert_allclose(out["global"]["loss"], out["personalized"]["loss"], rtol=1e-12)
 
 
