@@ -166,6 +166,7 @@ def make_simulation(
     mesh: Mesh | None = None,
     loss_fn: Callable[[jax.Array, jax.Array, jax.Array], jax.Array] = masked_cross_entropy,
     max_traces: int | None = None,
+    train_only_sampled: bool = True,
 ) -> Simulation:
     """Builds a federated simulator for ``model`` aggregated by any ABO.
 
@@ -211,6 +212,9 @@ def make_simulation(
         inputs and per-client state is split over it (``m`` must be divisible by its size).
       loss_fn: ``(logits, labels, mask) -> scalar`` (default masked mean cross-entropy).
       max_traces: if set, the round raises when traced more often (``chex.assert_max_traces``).
+      train_only_sampled: with a fixed-count sampler (:func:`uniform_sampling`), train only the
+        sampled clients (gathered, vmapped, scattered back) instead of all ``m`` with the others'
+        results discarded; the numbers are the same either way.
 
     Returns:
       A :class:`Simulation`.
@@ -363,7 +367,7 @@ def make_simulation(
                 loss_fn=loss_fn,
             )
 
-        update = jax.vmap(train)(
+        per_client = (
             state.clients,
             inputs,
             data.y,
@@ -372,11 +376,28 @@ def make_simulation(
             state.lora_scale,
             state.opt_state,
         )
+        count = sampling.count if train_only_sampled else None
+        if count is None or count >= m:
+            update = jax.vmap(train)(*per_client)
 
-        def keep(new, old):
-            shape = (m,) + (1,) * (new.ndim - 1)
-            return jnp.where(taking_part.reshape(shape), new, old)
+            def keep(new, old):
+                shape = (m,) + (1,) * (new.ndim - 1)
+                return jnp.where(taking_part.reshape(shape), new, old)
 
+        else:
+            # Train only the `count` sampled clients (fixed count: fixed shapes), each with the key
+            # it would have had anyway, and scatter the results back.
+            chosen = jnp.argsort(jnp.logical_not(taking_part), stable=True)[:count]
+            update = jax.vmap(train)(*jax.tree.map(lambda x: x[chosen], per_client))
+
+            def keep(new, old):
+                return old.at[chosen].set(new)
+
+            update = update._replace(
+                train_loss=jnp.zeros((m,), update.train_loss.dtype)
+                .at[chosen]
+                .set(update.train_loss)
+            )
         trained = jax.tree.map(keep, update.trainable, state.clients)
         opt_state = None
         if not reset_optimizer:

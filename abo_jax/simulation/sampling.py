@@ -22,6 +22,7 @@ class ClientSampling(NamedTuple):
 
     sample: Callable[[jax.Array, int], jax.Array]
     validate: Callable[[int], None]
+    count: int | None = None  # clients per round when fixed (lets the round train only those)
 
 
 def _no_check(m: int) -> None:
@@ -56,7 +57,7 @@ def uniform_sampling(count: int) -> ClientSampling:
         chosen = jax.random.choice(key, m, (count,), replace=False)
         return jnp.zeros((m,), bool).at[chosen].set(True)
 
-    return ClientSampling(sample, validate)
+    return ClientSampling(sample, validate, count)
 
 
 def bernoulli_sampling(prob: float) -> ClientSampling:

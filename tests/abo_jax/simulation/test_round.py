@@ -110,6 +110,16 @@ def test_uniform_sampling_weights_and_non_sampled_clients(rng, clients_fn):
             assert not np.allclose(f.b[taking], start.lora[name].b[taking])
         seen.update(np.flatnonzero(taking).tolist())
     assert len(seen) > 2  # different clients in different rounds
+    # Training all five and discarding three gives the same numbers as training the two sampled.
+    all_sim = aj.make_simulation(
+        _model(), aj.product_sum(), sampling=aj.uniform_sampling(2), batch_size=4,
+        train_only_sampled=False,
+    )  # fmt: skip
+    s_all = all_sim.init(jax.random.key(2), data)
+    for _ in range(4):
+        s_all, _ = all_sim.round(s_all, data)
+    close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
+    jax.tree.map(close, s_all.clients, state.clients)
 
 
 def test_bernoulli_sampling_has_a_participant():
