@@ -16,7 +16,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from conftest import synthetic_clients  # noqa: E402
+from sim_helpers import synthetic_clients  # noqa: E402
 
 import abo_jax as aj  # noqa: E402
 
