@@ -1,6 +1,6 @@
 """The main job (``make demo``): the paper's claim on the bundled digits data, in a few minutes.
 
-1. A reduced Figure-1 grid (rank ratio x local epochs) for SP and PS with 3 seeds (vmapped), on
+1. A reduced Figure-1 grid (rank ratio x local epochs) for SP and PS with 3 seeds, on
    scikit-learn's digits (10 clients, one class each), with heatmaps, convergence curves and the
    per-round mismatch terms.
 2. The claim verdict (SP more rank-sensitive, PS more epoch-sensitive) with its evidence.
@@ -62,7 +62,7 @@ def main(argv=None) -> dict:
     log("== abo-jax demo: SP vs PS on the bundled digits (arXiv:2508.01348, Figure 1) ==")
     log(
         f"grid: delta {cfg.deltas} x E {cfg.epochs}, rounds = {cfg.base_rounds}/E x "
-        f"{cfg.rounds_scale}, {cfg.seeds} seeds vmapped, operators {cfg.operators}"
+        f"{cfg.rounds_scale}, {cfg.seeds} seeds, operators {cfg.operators}"
     )
     result = run_paper(cfg)
     print_report(cfg, result)

@@ -1,6 +1,6 @@
 """A lean federated LoRA trainer for the paper's MLP (the experiments' own engine).
 
-One client's local SGD is written once and ``jax.vmap``-ed over clients, then over seeds; a whole
+One client's local SGD is written once and ``jax.vmap``-ed over clients (seeds run in turn); a whole
 round (local training, client sampling, any ABO, bias averaging, test metrics and the mismatch
 metrics) is one jitted function, compiled once per cell and called once per round.
 
@@ -167,7 +167,7 @@ class FederatedRun(NamedTuple):
     train_loss: np.ndarray  # (s, T) weighted mean of the clients' local losses
     metrics: dict  # name -> (s, T, ...) from metrics_fn
     diagnostics: dict  # name -> (s, T, ...) numeric ABO diagnostics
-    seconds_per_round: float  # wall time per round after compilation
+    seconds_per_round: float  # wall time per round (all seeds) after compilation
     compile_seconds: float
 
 
@@ -229,7 +229,7 @@ def run_federated(
     on_round: Callable[[int, dict], None] | None = None,
     dtype=jnp.float32,
 ) -> FederatedRun:
-    """Trains one federated run per seed (seeds vmapped) and records per-round metrics.
+    """Trains one federated run per seed (one compiled round, seeds in turn) with per-round metrics.
 
     Args:
       cfg: :class:`TrainConfig`.
@@ -238,17 +238,18 @@ def run_federated(
         ``cfg.batch_size``.
       test_x, test_y: ``(n_test, features)``, ``(n_test,)``.
       ranks: LoRA rank per layer (the padded maximum when ``client_ranks`` is given).
-      seeds: one run per seed, vmapped (each seed has its own base, init, shuffles, sampling).
+      seeds: one run per seed, in turn through one compiled round (each seed has its own base, init, shuffles, sampling).
       metrics_fn: ``(clients, weights, broadcast) -> dict of arrays`` inside the jit, or None.
       client_ranks: optional ``(m, L)`` int ranks per client and layer (heterogeneous ranks): the
         factors are masked to them at init and after every broadcast.
       eval_mode: ``"global"`` tests client 0's next starting model (the global model of a global
         operator); ``"clients"`` averages the test accuracy of every client's model.
-      on_round: called after each round with ``(round_index, {"test_acc": (s,), ...})``.
+      on_round: called after each round of each seed with ``(round_index, {"test_acc": (), ...})``.
 
     Returns:
       :class:`FederatedRun`.
     """
+    _warm_lapack()
     if eval_mode not in ("global", "clients"):
         raise ValueError(f"eval_mode: 'global' or 'clients', got {eval_mode!r}")
     m, n_max = data.x.shape[:2]
@@ -328,46 +329,48 @@ def run_federated(
         }
         return base, new_start, abo_state, out
 
-    seeds_arr = jnp.asarray(seeds)
-    base, start, abo_state = jax.vmap(setup)(seeds_arr)
-    if precompute:
-        h0 = jnp.einsum("cnk,sdk->scnd", x, base[0])  # (s, m, n_max, d_1)
-        h0_test = jnp.einsum("nk,sdk->snd", tx, base[0])
-    else:
-        h0 = jnp.zeros((len(seeds),), dtype)
-        h0_test = jnp.zeros((len(seeds),), dtype)
-
-    @jax.jit
-    def round_all(base, start, abo_state, h0, base_keys, t, h0_test):
-        keys = jax.vmap(lambda k: jax.random.fold_in(k, t))(base_keys)
-        return jax.vmap(one_round, in_axes=(0, 0, 0, 0 if precompute else None, 0, 0))(
-            base, start, abo_state, h0 if precompute else None, keys, h0_test
-        )
-
-    base_keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(s), 2))(seeds_arr)
-    history = []
-    t_compile = time.perf_counter()
+    # Seeds run one after another through one compiled round: a vmapped seed axis batches the
+    # CPU LAPACK calls of SP (QR/SVD), which hung on the 2-core test machine.
+    round_jit = jax.jit(one_round)
+    history_per_seed = []
     compile_seconds = 0.0
-    t_first_done = None
-    for t in range(cfg.rounds):
-        base, start, abo_state, out = round_all(
-            base, start, abo_state, h0, base_keys, jnp.asarray(t, jnp.int32), h0_test
-        )
-        out = jax.device_get(out)
-        history.append(out)
-        if t == 0:
-            t_first_done = time.perf_counter()
-            compile_seconds = t_first_done - t_compile
-        if on_round is not None:
-            on_round(t, out)
-    t_end = time.perf_counter()
-    per_round = (
-        (t_end - t_first_done) / max(cfg.rounds - 1, 1) if cfg.rounds > 1 else compile_seconds
-    )
-    stack = lambda key: np.stack([np.asarray(h[key]) for h in history], axis=1)
-    stack_tree = lambda key: {
-        k: np.stack([np.asarray(h[key][k]) for h in history], axis=1) for k in history[0][key]
-    }
+    steady = []
+    for seed in seeds:
+        base, start, abo_state = setup(seed)
+        if precompute:
+            h0 = jnp.einsum("cnk,dk->cnd", x, base[0])  # (m, n_max, d_1)
+            h0_test = tx @ base[0].T
+        else:
+            h0, h0_test = None, None
+        base_key = jax.random.fold_in(jax.random.key(seed), 2)
+        history = []
+        for t in range(cfg.rounds):
+            t_start = time.perf_counter()
+            base, start, abo_state, out = round_jit(
+                base, start, abo_state, h0, jax.random.fold_in(base_key, t), h0_test
+            )
+            out = jax.device_get(out)
+            elapsed = time.perf_counter() - t_start
+            if t == 0 and seed == seeds[0]:
+                compile_seconds = elapsed
+            else:
+                steady.append(elapsed)
+            history.append(out)
+            if on_round is not None:
+                on_round(t, out)
+        history_per_seed.append(history)
+    per_round = float(np.mean(steady)) * len(seeds) if steady else compile_seconds
+
+    def stack(key):
+        return np.stack([np.stack([np.asarray(h[key]) for h in hs]) for hs in history_per_seed])
+
+    def stack_tree(key):
+        first = history_per_seed[0][0][key]
+        return {
+            k: np.stack([np.stack([np.asarray(h[key][k]) for h in hs]) for hs in history_per_seed])
+            for k in first
+        }
+
     return FederatedRun(
         test_acc=stack("test_acc"),
         test_loss=stack("test_loss"),
@@ -377,6 +380,14 @@ def run_federated(
         seconds_per_round=float(per_round),
         compile_seconds=float(compile_seconds),
     )
+
+
+def _warm_lapack():
+    # Load the CPU LAPACK kernels now, then cap their BLAS thread pool (see experiments.common).
+    from experiments.common import limit_blas_threads
+
+    jnp.linalg.svd(jnp.eye(2)).S.block_until_ready()
+    limit_blas_threads(1)
 
 
 def _layers(tree, n):

@@ -111,7 +111,7 @@ def _run_cell(cell: dict, data_cache: _DataCache, progress: bool) -> dict:
     from experiments.common.progress import progress as bar_fn
 
     bar = bar_fn(
-        total=cell["rounds"],
+        total=cell["rounds"] * cell["seeds"],
         desc=f"  {cell['op']} d={cell['delta']} E={cell['E']}",
         leave=False,
         disable=not progress,

@@ -1,0 +1,78 @@
+"""The paper grid's --quick run end to end: outputs well-formed, resumes after a failure mid-grid."""
+
+import csv
+
+import numpy as np
+
+import experiments.paper.run as paper
+from experiments.common.grid import cell_path
+from experiments.common.io import read_json
+from experiments.common.plotting import is_valid_png
+from experiments.paper.claim import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED
+from experiments.paper.config import get_quick_config
+
+
+def test_paper_quick_runs_resumes_and_writes_well_formed_results(tmp_path, monkeypatch):
+    argv = ["--quick", "--out", str(tmp_path), "--progress", "false"]
+    real = paper._run_cell
+    calls = []
+
+    def failing(cell, cache, progress):
+        if len(calls) == 2:
+            raise RuntimeError("injected failure after two cells")
+        calls.append(cell)
+        return real(cell, cache, progress)
+
+    monkeypatch.setattr(paper, "_run_cell", failing)
+    try:
+        paper.main(argv)
+        raise AssertionError("the injected failure should stop the grid")
+    except RuntimeError as err:
+        assert "injected" in str(err)
+    cfg = get_quick_config()
+    cells = paper.make_cells(cfg)
+    folder = tmp_path / paper.run_name(cfg) / "cells"
+    done = {i: cell_path(folder, cells[i]).stat().st_mtime_ns for i in (0, 1)}
+    assert not cell_path(folder, cells[2]).exists()
+
+    monkeypatch.setattr(paper, "_run_cell", real)
+    result = paper.main(argv)
+    assert result["counts"] == {"run": len(cells) - 2, "skipped": 2}
+    assert {i: cell_path(folder, cells[i]).stat().st_mtime_ns for i in (0, 1)} == done
+
+    run_dir = result["folder"]
+    with open(run_dir / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(cells) == 2 * 2 * 2  # deltas x epochs x operators
+    for row in rows:
+        best, lo, hi = float(row["best_mean"]), float(row["best_lo"]), float(row["best_hi"])
+        assert 0.0 <= best <= 100.0 and lo <= best <= hi
+        assert float(row["final_mean"]) <= best + 1e-9
+    rec = read_json(cell_path(folder, cells[0]))
+    res = rec["result"]
+    seeds, rounds = cfg.seeds, rec["cell"]["rounds"]
+    assert np.asarray(res["curves"]["test_acc"]).shape == (seeds, rounds)
+    np.testing.assert_allclose(res["best_acc"], np.max(res["curves"]["test_acc"], axis=1))
+    for term in paper.MISMATCH_TERMS:
+        arr = np.asarray(res["metrics"][term], float)
+        assert arr.shape == (seeds, rounds, 3) and np.all(arr >= 0)
+    verdict = read_json(run_dir / "verdict.json")
+    for key in ("best_acc", "final_acc"):
+        v = verdict["digits"][key]
+        assert v["overall"] in (SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE)
+        assert {"rank", "epoch"} <= set(v)
+    names = {p.name for p in run_dir.glob("*.png")}
+    assert {"heatmap_digits_best.png", "heatmap_digits_final.png"} <= names
+    assert any(n.startswith("curves_") for n in names)
+    assert any(n.startswith("mismatch_") for n in names)
+    assert all(is_valid_png(p) for p in run_dir.glob("*.png"))
+
+
+def test_paper_ranks_and_rounds_follow_the_protocol():
+    from experiments.common.fedmlp import paper_ranks
+
+    assert paper_ranks(0.01) == (1, 1, 1)
+    assert paper_ranks(0.04) == (6, 6, 4)
+    assert paper_ranks(0.07) == (11, 11, 7)
+    cfg = paper.PaperConfig()
+    assert [paper.rounds_for(cfg, e) for e in (1, 2, 3, 5, 10)] == [300, 150, 100, 60, 30]
