@@ -18,7 +18,7 @@ class PaperConfig:
     epochs: tuple[int, ...] = (1, 2, 3, 5, 10)
     base_rounds: int = 300  # rounds = round(base_rounds / E * rounds_scale), at least 1
     rounds_scale: float = 1.0
-    seeds: int = 3  # seeds 0..seeds-1 (vmapped inside each cell)
+    seeds: int = 3  # seeds 0..seeds-1 (in turn through one compiled round per cell)
     num_clients: int = 10
     hidden: tuple[int, ...] = (200, 200)
     batch_size: int = 64

@@ -1,7 +1,7 @@
 """The paper's rank-ratio x local-epoch grid for SP and PS, resumable, with plots and the verdict.
 
 Run ``python -m experiments.paper --help``. Each (data set, operator, delta, E) cell trains all seeds
-at once (vmapped) and is stored atomically in ``<run>/cells/``; re-running the same command resumes.
+in turn through one compiled round and is stored atomically in ``<run>/cells/``; re-running the same command resumes.
 
 Reference: Chen et al., arXiv:2508.01348, Figure 1.
 """
