@@ -192,6 +192,7 @@ def env_info() -> dict[str, Any]:
         "nproc": os.cpu_count(),
         "x64": bool(jax.config.jax_enable_x64),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "openblas_num_threads": os.environ.get("OPENBLAS_NUM_THREADS"),
         "git_commit": _git_commit(),
     }
     if "torch" in sys.modules:
