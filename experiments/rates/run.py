@@ -104,17 +104,27 @@ def _sweep_cell(cell, cfg):
             key=jax.random.key(cfg.seed + 1),
         )
         records[eta] = {k: np.asarray(v) for k, v in run.records.items()}
-    report = trajectory_conditions(records)
-    sup = lambda key, eta: float(np.max(records[eta][key]) / eta**2)
+    finite = {e: r for e, r in records.items() if all(np.all(np.isfinite(v)) for v in r.values())}
+    diverged = sorted(set(records) - set(finite))
+    if len(finite) >= 2:
+        report = trajectory_conditions(finite)
+        verdicts = (report.weak_verdict, report.strong_verdict)
+    else:
+        verdicts = ("insufficient evidence", "insufficient evidence")
+    nan = float("nan")
+
+    def sup(eta, *keys):
+        if eta not in finite:
+            return nan  # diverged at this step size
+        return float(np.max(sum(finite[eta][k] for k in keys)) / eta**2)
+
     return {
         "etas": cell["etas"],
-        "weak_ratio": [sup("weak_mismatch", e) for e in cell["etas"]],
-        "strong_ratio": [
-            float(np.max(records[e]["strong_mismatch_b"] + records[e]["strong_mismatch_a"]) / e**2)
-            for e in cell["etas"]
-        ],
-        "weak_verdict": report.weak_verdict,
-        "strong_verdict": report.strong_verdict,
+        "weak_ratio": [sup(e, "weak_mismatch") for e in cell["etas"]],
+        "strong_ratio": [sup(e, "strong_mismatch_b", "strong_mismatch_a") for e in cell["etas"]],
+        "weak_verdict": verdicts[0],
+        "strong_verdict": verdicts[1],
+        "diverged_etas": diverged,
     }
 
 
