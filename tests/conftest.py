@@ -2,9 +2,17 @@
 
 import os
 
-import jax
-import pytest
-from hypothesis import HealthCheck, settings
+# Before jax (and the LAPACK behind it) loads: one OpenBLAS thread per LAPACK call (its own pool
+# oversubscribes a 2-core machine and turns sub-millisecond QR/SVD calls into seconds), and cheaper
+# XLA compilation (the suite is dominated by compiling many small programs, not by running them).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault(
+    "XLA_FLAGS", "--xla_llvm_disable_expensive_passes=true --xla_backend_optimization_level=0"
+)
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
