@@ -6,6 +6,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 EXTRAS := plots,data,notebooks,bench,test
 
+# One OpenBLAS thread per LAPACK call: its own thread pool oversubscribes small shared machines.
+export OPENBLAS_NUM_THREADS ?= 1
+
 .PHONY: install demo test lint format clean
 
 $(STAMP): pyproject.toml
