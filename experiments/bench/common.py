@@ -31,8 +31,10 @@ import numpy as np
 
 __all__ = [
     "Timing",
+    "bench_main",
     "bench_parser",
     "compile_timed",
+    "compiled_thunk",
     "env_info",
     "format_table",
     "matmul_flops",
@@ -41,6 +43,8 @@ __all__ = [
     "matmul_thunk",
     "print_report",
     "time_interleaved",
+    "time_with_matmul",
+    "times_of",
     "to_jsonable",
     "write_json",
 ]
@@ -68,6 +72,16 @@ def compile_timed(fn: Callable, *args: Any, **kwargs: Any):
     t0 = time.perf_counter()
     compiled = jitted.lower(*args, **kwargs).compile()
     return compiled, time.perf_counter() - t0
+
+
+def compiled_thunk(fn: Callable, *args: Any):
+    """:func:`compile_timed` of ``fn`` for ``args``, as a zero-argument thunk to time.
+
+    Returns:
+      ``(thunk, compiled, compile_seconds)``; ``thunk()`` calls the executable on ``args``.
+    """
+    compiled, seconds = compile_timed(fn, *args)
+    return (lambda: compiled(*args)), compiled, seconds
 
 
 def _block(x: Any) -> None:
@@ -107,6 +121,31 @@ def time_interleaved(
         if i >= reps and (min(sum(v) for v in times.values()) >= min_time_s or i >= 4 * reps):
             break
     return {name: Timing(statistics.median(v), min(v), tuple(v)) for name, v in times.items()}
+
+
+def times_of(timings: Mapping[str, Timing]) -> dict[str, tuple[float, ...]]:
+    """Every repetition's seconds per variant (for the JSON)."""
+    return {name: t.times_s for name, t in timings.items()}
+
+
+def time_with_matmul(
+    thunks: Mapping[str, Callable[[], Any]],
+    matmul_sizes: Sequence[int],
+    *,
+    reps: int,
+    warmup: int = 1,
+) -> tuple[dict[str, Timing], dict[str, Any]]:
+    """Times ``thunks`` round-robin together with square matmuls, the machine's FLOP/s reference.
+
+    Returns:
+      ``(timings, matmul)``: the timings of every thunk and of every ``matmul_<n>``, and
+      :func:`matmul_peak`'s summary plus each size's repetitions (``matmul["times_s"]``).
+    """
+    mm_thunks, mm_flops = matmul_reference(tuple(matmul_sizes))
+    timings = time_interleaved({**thunks, **mm_thunks}, reps=reps, warmup=warmup)
+    matmul = matmul_peak(timings, mm_flops)
+    matmul["times_s"] = {name: timings[name].times_s for name in mm_flops}
+    return timings, matmul
 
 
 def matmul_flops(n: int) -> float:
@@ -179,6 +218,14 @@ def _git_commit() -> str | None:
         return None
 
 
+def _loadavg() -> list[float] | None:
+    """``uptime``'s 1, 5 and 15 minute load averages (the machine is shared)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
 def env_info() -> dict[str, Any]:
     """Machine and software the figures were measured on (for the JSON and the table header)."""
     info: dict[str, Any] = {
@@ -193,6 +240,7 @@ def env_info() -> dict[str, Any]:
         "x64": bool(jax.config.jax_enable_x64),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "openblas_num_threads": os.environ.get("OPENBLAS_NUM_THREADS"),
+        "loadavg": _loadavg(),
         "git_commit": _git_commit(),
     }
     if "torch" in sys.modules:
@@ -269,6 +317,11 @@ def print_report(title: str, config: Any, env: Mapping[str, Any], table: str, no
         f"({env['device_kind']}, {len(env['devices'])} device(s))  jax {env['jax']}"
         + (f"  torch {env['torch']}" if "torch" in env else "")
     )
+    load = env.get("loadavg")
+    if load is not None:
+        print(
+            f"load average (1, 5, 15 min): {load} at the end, {env.get('loadavg_at_start')} at the start"
+        )
     print("config:", json.dumps(to_jsonable(config)))
     print(table)
     for note in notes:
@@ -283,3 +336,58 @@ def bench_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for the JSON result")
     p.add_argument("--reps", type=int, default=None, help="timed repetitions per variant")
     return p
+
+
+def bench_main(
+    argv: Sequence[str] | None,
+    bench: Any,
+    *,
+    env_of: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None,
+    skip_on: tuple[type[BaseException], ...] = (),
+) -> dict[str, Any]:
+    """The ``main`` every benchmark shares: parse the CLI, run, print the report, write the JSON.
+
+    ``bench`` is the benchmark's module, which defines ``NAME``, ``TITLE``, a docstring (its first
+    line describes the CLI), ``get_config(quick) -> Config`` (a dataclass), ``run(config, reps) ->
+    result`` (``reps`` is None unless ``--reps`` was given), ``notes(config, result, env) -> lines``
+    or constant ``NOTES``, and either ``table(result) -> str`` or ``COLUMNS`` for ``result["rows"]``
+    (:func:`format_table`). Writes ``<out>/<NAME>.json`` with ``benchmark``, ``quick``, ``config``,
+    ``env`` (including the load average at the start of the run) and the keys of the result; the
+    notes printed end with the round under test (``result["round_impl"]``) and the targets.
+
+    Args:
+      argv: the command line (``--quick``, ``--out``, ``--reps``; see :func:`bench_parser`).
+      bench: the benchmark module (``sys.modules[__name__]``).
+      env_of: ``env_of(result)``, where the figures were measured elsewhere (a subprocess);
+        default :func:`env_info` in this process.
+      skip_on: exceptions that mean "cannot run here" (a missing optional dependency): the JSON then
+        holds ``skipped`` with the message instead of results.
+    """
+    args = bench_parser(bench.__doc__.splitlines()[0]).parse_args(argv)
+    config = bench.get_config(args.quick)
+    out: dict[str, Any] = {"benchmark": bench.NAME, "quick": args.quick, "config": asdict(config)}
+    path = args.out / f"{bench.NAME}.json"
+    load_at_start = _loadavg()
+    try:
+        result = bench.run(config, args.reps)
+    except skip_on as e:
+        print(f"== {bench.TITLE}: skipped: {e}")
+        out.update(skipped=str(e), env=env_info())
+        write_json(path, out)
+        return out
+    env = dict(env_info() if env_of is None else env_of(result))
+    env["loadavg_at_start"] = load_at_start
+    out.update(env=env, **result)
+    if hasattr(bench, "table"):
+        table = bench.table(result)
+    else:
+        table = format_table(result["rows"], bench.COLUMNS)
+    notes = bench.notes(config, result, env) if hasattr(bench, "notes") else bench.NOTES
+    notes = [*notes, f"targets: {result.get('targets')}"]
+    if "round_impl" in result:
+        from experiments.bench.rounds import describe
+
+        notes.insert(0, f"round: {describe(result['round_impl'])}")
+    print_report(bench.TITLE, config, env, table, notes)
+    print(f"wrote {write_json(path, out)}")
+    return out

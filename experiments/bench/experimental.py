@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--samples", type=int, default=1280)
     args = p.parse_args(argv)
     if args.quick:
-        spec = W.RoundSpec(sizes=(64, 16, 10), ranks=(2, 2), clients=2, samples=40, batch=10)
+        spec = dataclasses.replace(W.TINY, clients=2, samples=40)
     else:
         spec = dataclasses.replace(W.RoundSpec(), clients=args.clients, samples=args.samples)
     problem = W.make_problem(spec)

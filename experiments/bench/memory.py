@@ -28,6 +28,7 @@ from experiments.bench import rounds as R
 from experiments.bench import workload as W
 
 NAME = "memory"
+TITLE = "Round memory vs number of clients"
 
 
 @dataclass(frozen=True)
@@ -36,13 +37,11 @@ class Config:
     models: tuple[tuple[str, W.RoundSpec], ...] = (
         (
             "digits 64-200-200-10",
-            W.RoundSpec(sizes=(64, 200, 200, 10), ranks=(8, 8, 5), clients=0, samples=20, batch=10),
+            W.SMALL_CLIENTS,
         ),
         (
             "paper 784-200-200-10",
-            W.RoundSpec(
-                sizes=(784, 200, 200, 10), ranks=(8, 8, 5), clients=0, samples=20, batch=10
-            ),
+            dataclasses.replace(W.SMALL_CLIENTS, sizes=(784, 200, 200, 10)),
         ),
     )
     merged_contrast: bool = True
@@ -51,8 +50,7 @@ class Config:
 
 def get_config(quick: bool = False) -> Config:
     if quick:
-        spec = W.RoundSpec(sizes=(64, 16, 10), ranks=(2, 2), clients=0, samples=20, batch=10)
-        return Config(clients=(2, 4), models=(("tiny 64-16-10", spec),), merged_contrast=False)
+        return Config(clients=(2, 4), models=(("tiny 64-16-10", W.TINY),), merged_contrast=False)
     return Config()
 
 
@@ -120,7 +118,9 @@ def analyse(round_fn, args) -> dict:
     return fields
 
 
-def run(config: Config) -> dict:
+def run(config: Config, reps: int | None = None) -> dict:
+    """Compiles the round for every model and m and reads its memory plan (``reps``: unused,
+    nothing is timed)."""
     rows = []
     summary = []
     impl = None
@@ -186,34 +186,24 @@ SUMMARY_COLUMNS = [
 ]
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = common.bench_parser(__doc__.splitlines()[0]).parse_args(argv)
-    config = get_config(args.quick)
-    result = run(config)
-    env = common.env_info()
-    out = {
-        "benchmark": NAME,
-        "quick": args.quick,
-        "config": dataclasses.asdict(config),
-        "env": env,
-        **result,
-    }
-    table = (
+def table(result: dict) -> str:
+    return (
         common.format_table(result["rows"], ROW_COLUMNS)
         + "\n\n"
         + common.format_table(result["summary"], SUMMARY_COLUMNS)
     )
-    notes = [
-        f"round: {R.describe(result['round_impl'])}",
+
+
+def notes(config: Config, result: dict, env: dict) -> list[str]:
+    return [
         "peak = arguments + outputs + temporaries - aliased, from the compiled executable's"
         " memory_analysis() (XLA's buffer assignment; nothing is allocated).",
         "B/client: slope of peak between the two largest m.",
-        f"targets: {result['targets']}",
     ]
-    common.print_report("Round memory vs number of clients", config, env, table, notes)
-    path = common.write_json(args.out / f"{NAME}.json", out)
-    print(f"wrote {path}")
-    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    return common.bench_main(argv, sys.modules[__name__])
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from experiments.bench import rounds as R
 from experiments.bench import workload as W
 
 NAME = "round_throughput"
+TITLE = "Round FLOP/s vs matmul FLOP/s"
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,7 @@ class Config:
 
 def get_config(quick: bool = False) -> Config:
     if quick:
-        spec = W.RoundSpec(sizes=(64, 16, 10), ranks=(2, 2), clients=2, samples=40, batch=10)
+        spec = dataclasses.replace(W.TINY, clients=2, samples=40)
         return Config(spec=spec, matmul_sizes=(128,), reps=2, experiments=False)
     return Config()
 
@@ -61,7 +62,6 @@ def run(config: Config, reps: int | None = None) -> dict:
     reps = config.reps if reps is None else reps
     spec = config.spec
     problem = W.make_problem(spec, config.seed)
-    mm_thunks, mm_flops = common.matmul_reference(config.matmul_sizes)
     harnesses = {"round": R.make_harness(spec, problem, seed=config.seed)}
     if config.experiments:
         harnesses["bench_cached_first"] = R.make_harness(
@@ -70,12 +70,9 @@ def run(config: Config, reps: int | None = None) -> dict:
         harnesses["bench_naive"] = R.make_harness(spec, problem, impl="bench", seed=config.seed)
     thunks, compile_s, xla = {}, {}, {}
     for name, h in harnesses.items():
-        compiled, compile_s[name] = common.compile_timed(h.vmapped, *h.vmapped_args)
+        thunks[name], compiled, compile_s[name] = common.compiled_thunk(h.vmapped, *h.vmapped_args)
         xla[name] = xla_flops(compiled)
-        thunks[name] = lambda c=compiled, a=h.vmapped_args: c(*a)
-    thunks.update(mm_thunks)
-    t = common.time_interleaved(thunks, reps=reps, warmup=1)
-    mm = common.matmul_peak(t, mm_flops)
+    t, mm = common.time_with_matmul(thunks, config.matmul_sizes, reps=reps)
     peak = mm["gflops"] * 1e9
     flops = W.round_flops(spec)
     rows = []
@@ -99,7 +96,7 @@ def run(config: Config, reps: int | None = None) -> dict:
     return {
         "rows": rows,
         "flops": flops,
-        "matmul": {**mm, "times_s": {k: t[k].times_s for k in mm_flops}},
+        "matmul": mm,
         "targets": targets,
         "round_impl": harnesses["round"].impl,
     }
@@ -117,39 +114,20 @@ COLUMNS = [
 ]
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = common.bench_parser(__doc__.splitlines()[0]).parse_args(argv)
-    config = get_config(args.quick)
-    result = run(config, reps=args.reps)
-    env = common.env_info()
-    out = {
-        "benchmark": NAME,
-        "quick": args.quick,
-        "config": dataclasses.asdict(config),
-        "env": env,
-        **result,
-    }
+def notes(config: Config, result: dict, env: dict) -> list[str]:
     f = result["flops"]
-    notes = [
-        f"round: {R.describe(result['round_impl'])}",
+    return [
         f"FLOPs per round: unavoidable {f['unavoidable']:.3e}, naive {f['naive']:.3e}"
         f" (first-layer frozen product once per run: {f['first_once']:.3e});"
         f" matmul reference: best of {config.matmul_sizes} square float32 products"
         f" ({result['matmul']['best']}).",
         "bench_cached_first / bench_naive: the bench's own round (workload.py) with x @ W0_1.T"
         " cached once per run / recomputed every step.",
-        f"targets: {result['targets']}",
     ]
-    common.print_report(
-        "Round FLOP/s vs matmul FLOP/s",
-        config,
-        env,
-        common.format_table(result["rows"], COLUMNS),
-        notes,
-    )
-    path = common.write_json(args.out / f"{NAME}.json", out)
-    print(f"wrote {path}")
-    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    return common.bench_main(argv, sys.modules[__name__])
 
 
 if __name__ == "__main__":

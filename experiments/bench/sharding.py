@@ -29,14 +29,13 @@ from experiments.bench import common
 from experiments.bench import workload as W
 
 NAME = "sharding"
+TITLE = "Round sharded over forced CPU devices"
 
 
 @dataclass(frozen=True)
 class Config:
     devices: tuple[int, ...] = (1, 2, 4, 8)
-    spec: W.RoundSpec = W.RoundSpec(
-        sizes=(64, 200, 200, 10), ranks=(8, 8, 5), clients=1000, samples=20, batch=10, epochs=1
-    )
+    spec: W.RoundSpec = dataclasses.replace(W.SMALL_CLIENTS, clients=1000)
     reps: int = 5
     # "same numbers": max |x_N - x_1| / max |x_1| per leaf; float32 sums over m clients in another
     # order (per-device partial sums) differ by ~1e-5 relative at m = 1000.
@@ -47,9 +46,7 @@ class Config:
 
 def get_config(quick: bool = False) -> Config:
     if quick:
-        spec = W.RoundSpec(
-            sizes=(64, 16, 10), ranks=(2, 2), clients=8, samples=20, batch=10, epochs=1
-        )
+        spec = dataclasses.replace(W.TINY, clients=8)
         return Config(devices=(1, 2), spec=spec, reps=2, timeout_s=300.0)
     return Config()
 
@@ -186,36 +183,16 @@ def main(argv: list[str] | None = None) -> dict | None:
         )
         print(json.dumps(common.to_jsonable(row)))
         return None
-    args = common.bench_parser(__doc__.splitlines()[0]).parse_args(argv)
-    config = get_config(args.quick)
-    result = run(config, reps=args.reps)
-    env = result["rows"][0]["env"]
-    out = {
-        "benchmark": NAME,
-        "quick": args.quick,
-        "config": dataclasses.asdict(config),
-        "env": env,
-        **result,
-    }
-    from experiments.bench import rounds as R
+    # The figures were measured in the workers: their environment is the one to record.
+    return common.bench_main(argv, sys.modules[__name__], env_of=lambda res: res["rows"][0]["env"])
 
-    notes = [
-        f"round: {R.describe(result['round_impl'])}",
+
+def notes(config: Config, result: dict, env: dict) -> list[str]:
+    return [
         "client axis sharded over a 1-D Mesh('clients'); one subprocess per device count"
         f" (XLA_FLAGS=--xla_force_host_platform_device_count=N); nproc = {env['nproc']} bounds"
         " the scaling.",
-        f"targets: {result['targets']}",
     ]
-    common.print_report(
-        "Round sharded over forced CPU devices",
-        config,
-        env,
-        common.format_table(result["rows"], COLUMNS),
-        notes,
-    )
-    path = common.write_json(args.out / f"{NAME}.json", out)
-    print(f"wrote {path}")
-    return out
 
 
 if __name__ == "__main__":

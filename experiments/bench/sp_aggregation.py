@@ -14,7 +14,6 @@ Reference: Chen et al., arXiv:2508.01348 (SP/PS); Bai et al. (FlexLoRA), arXiv:2
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from dataclasses import dataclass
 
@@ -26,6 +25,7 @@ import abo_jax
 from experiments.bench import common
 
 NAME = "sp_aggregation"
+TITLE = "SP aggregation: stacked factors vs dense SVD"
 
 
 @dataclass(frozen=True)
@@ -172,36 +172,18 @@ COLUMNS = [
 ]
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = common.bench_parser(__doc__.splitlines()[0]).parse_args(argv)
-    config = get_config(args.quick)
-    result = run(config, reps=args.reps)
-    env = common.env_info()
-    out = {
-        "benchmark": NAME,
-        "quick": args.quick,
-        "config": dataclasses.asdict(config),
-        "env": env,
-        **result,
-    }
-    notes = [
+def notes(config: Config, result: dict, env: dict) -> list[str]:
+    return [
         "stacked = jit(abo_jax.stacked_svd); SP ABO = jit(sum_product().aggregate) incl. split and"
         " broadcast; dense = jit(einsum Zbar (d, k) + jnp.linalg.svd). Medians, warm-up excluded;"
         " compile times in the JSON.",
         "sv err: max |s_stacked - s_dense| / s_max over the m r singular values; rank-r err:"
         " ||P Q (stacked) - P Q (dense)||_F / ||P Q (dense)||_F.",
-        f"targets: {result['targets']}",
     ]
-    common.print_report(
-        "SP aggregation: stacked factors vs dense SVD",
-        config,
-        env,
-        common.format_table(result["rows"], COLUMNS),
-        notes,
-    )
-    path = common.write_json(args.out / f"{NAME}.json", out)
-    print(f"wrote {path}")
-    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    return common.bench_main(argv, sys.modules[__name__])
 
 
 if __name__ == "__main__":

@@ -25,14 +25,13 @@ from experiments.bench import rounds as R
 from experiments.bench import workload as W
 
 NAME = "vmap_vs_loop"
+TITLE = "vmap vs per-client loops"
 
 
 @dataclass(frozen=True)
 class Config:
     clients: tuple[int, ...] = (10, 100, 1000)
-    spec: W.RoundSpec = W.RoundSpec(
-        sizes=(64, 200, 200, 10), ranks=(8, 8, 5), clients=0, samples=20, batch=10, epochs=1
-    )
+    spec: W.RoundSpec = W.SMALL_CLIENTS  # m set per row
     matmul_sizes: tuple[int, ...] = (512, 1024, 2048)  # reference: the best of these
     reps: int = 5
     seed: int = 0
@@ -40,16 +39,13 @@ class Config:
 
 def get_config(quick: bool = False) -> Config:
     if quick:
-        spec = W.RoundSpec(
-            sizes=(64, 16, 10), ranks=(2, 2), clients=0, samples=20, batch=10, epochs=1
-        )
+        spec = W.TINY
         return Config(clients=(4,), spec=spec, matmul_sizes=(128,), reps=2)
     return Config()
 
 
 def run(config: Config, reps: int | None = None) -> dict:
     reps = config.reps if reps is None else reps
-    mm_thunks, mm_flops = common.matmul_reference(config.matmul_sizes)
     rows = []
     impl = None
     for m in config.clients:
@@ -57,17 +53,11 @@ def run(config: Config, reps: int | None = None) -> dict:
         problem = W.make_problem(spec, config.seed)
         h = R.make_harness(spec, problem, seed=config.seed)
         impl = h.impl
-        vm_fn, vm_c = common.compile_timed(h.vmapped, *h.vmapped_args)
+        vmapped, _, vm_c = common.compiled_thunk(h.vmapped, *h.vmapped_args)
         check = {"a_vs_vmapped_max_abs": h.check()}
-        thunks = {
-            "vmapped": lambda f=vm_fn, a=h.vmapped_args: f(*a),
-            "loop_update": h.loop_update,
-            "loop_step": h.loop_step,
-            **mm_thunks,
-        }
+        thunks = {"vmapped": vmapped, "loop_update": h.loop_update, "loop_step": h.loop_step}
         print(f"  vmap_vs_loop: m={m} ...", file=sys.stderr, flush=True)
-        t = common.time_interleaved(thunks, reps=reps, warmup=1)
-        mm = common.matmul_peak(t, mm_flops)
+        t, mm = common.time_with_matmul(thunks, config.matmul_sizes, reps=reps)
         peak = mm["gflops"] * 1e9
         flops = W.round_flops(spec)
         tv = t["vmapped"].median_s
@@ -87,7 +77,7 @@ def run(config: Config, reps: int | None = None) -> dict:
                 "frac_matmul_unavoidable": flops["unavoidable"] / tv / peak,
                 "flops": flops,
                 "compile_s": {"vmapped": vm_c},
-                "times_s": {k: v.times_s for k, v in t.items()},
+                "times_s": common.times_of(t),
                 **check,
             }
         )
@@ -117,32 +107,16 @@ COLUMNS = [
 ]
 
 
+NOTES = (
+    "loops (a)/(b) run the same one-client maths and the same cached inputs; (a) is checked"
+    " to give the vmapped round's result (a_vs_vmapped_max_abs in the JSON); (b) batches on"
+    " the host with numpy, as per-client-loop frameworks do.",
+    "naive FLOPs recompute x @ W0_1.T every step; unavoidable FLOPs cache it (DESIGN.md).",
+)
+
+
 def main(argv: list[str] | None = None) -> dict:
-    args = common.bench_parser(__doc__.splitlines()[0]).parse_args(argv)
-    config = get_config(args.quick)
-    result = run(config, reps=args.reps)
-    env = common.env_info()
-    out = {
-        "benchmark": NAME,
-        "quick": args.quick,
-        "config": dataclasses.asdict(config),
-        "env": env,
-        **result,
-    }
-    notes = [
-        f"vmapped round: {R.describe(result['round_impl'])}",
-        "loops (a)/(b) run the same one-client maths and the same cached inputs; (a) is checked"
-        " to give the vmapped round's result (a_vs_vmapped_max_abs in the JSON); (b) batches on"
-        " the host with numpy, as per-client-loop frameworks do.",
-        "naive FLOPs recompute x @ W0_1.T every step; unavoidable FLOPs cache it (DESIGN.md).",
-        f"targets: {result['targets']}",
-    ]
-    common.print_report(
-        "vmap vs per-client loops", config, env, common.format_table(result["rows"], COLUMNS), notes
-    )
-    path = common.write_json(args.out / f"{NAME}.json", out)
-    print(f"wrote {path}")
-    return out
+    return common.bench_main(argv, sys.modules[__name__])
 
 
 if __name__ == "__main__":

@@ -24,14 +24,13 @@ from experiments.bench import rounds as R
 from experiments.bench import workload as W
 
 NAME = "vs_torch"
+TITLE = "abo-jax vs PyTorch round"
 
 
 @dataclass(frozen=True)
 class Config:
     clients: tuple[int, ...] = (10, 100, 1000)
-    spec: W.RoundSpec = W.RoundSpec(
-        sizes=(64, 200, 200, 10), ranks=(8, 8, 5), clients=0, samples=20, batch=10, epochs=1
-    )
+    spec: W.RoundSpec = W.SMALL_CLIENTS  # m set per row
     reps: int = 5
     check_clients: int = 10  # m of the equality check (no shuffling)
     seed: int = 0
@@ -39,9 +38,7 @@ class Config:
 
 def get_config(quick: bool = False) -> Config:
     if quick:
-        spec = W.RoundSpec(
-            sizes=(64, 16, 10), ranks=(2, 2), clients=0, samples=20, batch=10, epochs=1
-        )
+        spec = W.TINY
         return Config(clients=(4,), spec=spec, reps=2, check_clients=3)
     return Config()
 
@@ -82,7 +79,7 @@ def run(config: Config, reps: int | None = None) -> dict:
         problem = W.make_problem(spec, config.seed)
         h = R.make_harness(spec, problem, seed=config.seed)
         impl = h.impl
-        vm_fn, vm_c = common.compile_timed(h.vmapped, *h.vmapped_args)
+        vmapped, _, vm_c = common.compiled_thunk(h.vmapped, *h.vmapped_args)
         torch_round, torch_state = T.make_round(spec, problem, seed=config.seed)
 
         def torch_thunk(threads, f=torch_round, s=torch_state):
@@ -93,7 +90,7 @@ def run(config: Config, reps: int | None = None) -> dict:
                 torch.set_num_threads(default_threads)
 
         thunks = {
-            "abo_jax": lambda f=vm_fn, a=h.vmapped_args: f(*a),
+            "abo_jax": vmapped,
             "torch": lambda: torch_thunk(default_threads),
             "torch_1thread": lambda: torch_thunk(1),
         }
@@ -108,7 +105,7 @@ def run(config: Config, reps: int | None = None) -> dict:
                 "torch_1thread_s": t["torch_1thread"].median_s,
                 "speedup": t_torch / t["abo_jax"].median_s,
                 "compile_s": {"abo_jax": vm_c},
-                "times_s": {k: v.times_s for k, v in t.items()},
+                "times_s": common.times_of(t),
             }
         )
     targets = {
@@ -138,35 +135,19 @@ COLUMNS = [
 ]
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = common.bench_parser(__doc__.splitlines()[0]).parse_args(argv)
-    config = get_config(args.quick)
-    from experiments.bench import torch_baseline as T
-
-    out = {"benchmark": NAME, "quick": args.quick, "config": dataclasses.asdict(config)}
-    try:
-        result = run(config, reps=args.reps)
-    except T.TorchMissingError as e:
-        print(f"== PyTorch comparison skipped: {e}")
-        out.update(skipped=str(e), env=common.env_info())
-        common.write_json(args.out / f"{NAME}.json", out)
-        return out
-    env = common.env_info()
-    out.update(env=env, **result)
-    notes = [
-        f"abo-jax round: {R.describe(result['round_impl'])}",
+def notes(config: Config, result: dict, env: dict) -> list[str]:
+    return [
         f"PyTorch {result['torch_version']} eager, {result['torch_threads']} threads (and 1); loop over"
         " clients, fresh torch.optim.SGD per client, PS + bias averaging on the server.",
         "same result checked first (no shuffling): max |jax - torch| ="
         f" {result['equality_check_max_abs']:.2e}",
-        f"targets: {result['targets']}",
     ]
-    common.print_report(
-        "abo-jax vs PyTorch round", config, env, common.format_table(result["rows"], COLUMNS), notes
-    )
-    path = common.write_json(args.out / f"{NAME}.json", out)
-    print(f"wrote {path}")
-    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from experiments.bench import torch_baseline as T
+
+    return common.bench_main(argv, sys.modules[__name__], skip_on=(T.TorchMissingError,))
 
 
 if __name__ == "__main__":

@@ -60,6 +60,14 @@ class RoundSpec:
         return [(d, k) for k, d in zip(self.sizes[:-1], self.sizes[1:], strict=True)]
 
 
+# Many small clients (20 samples, batch 10) of the digits-sized MLP: benchmarks 2, 3, 5 and 6 set m.
+SMALL_CLIENTS = RoundSpec(
+    sizes=(64, 200, 200, 10), ranks=(8, 8, 5), clients=0, samples=20, batch=10
+)
+# The --quick forms: a tiny MLP that only checks a benchmark runs.
+TINY = RoundSpec(sizes=(64, 16, 10), ranks=(2, 2), clients=0, samples=20, batch=10)
+
+
 class Problem(NamedTuple):
     """Everything a round needs, on the device."""
 

@@ -32,3 +32,51 @@ def test_time_interleaved_round_robin():
 def test_format_table():
     table = common.format_table([{"x": 1, "y": 0.5}], [("x", "X", None), ("y", "Y", ".2f")])
     assert table.splitlines() == ["X     Y", "-  ----", "1  0.50"]
+
+
+def _fake_bench(run):
+    """A minimal benchmark module for :func:`common.bench_main`."""
+    import dataclasses
+    import types
+
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+        quick: bool
+
+    return types.SimpleNamespace(
+        __doc__="Fake benchmark.\n\nMore.",
+        NAME="fake",
+        TITLE="Fake",
+        COLUMNS=[("x", "X", None)],
+        NOTES=("a note",),
+        get_config=lambda quick: Config(quick),
+        run=run,
+    )
+
+
+def test_bench_main_writes_config_env_and_result(tmp_path, capsys):
+    seen = []
+
+    def run(config, reps):
+        seen.append((config.quick, reps))
+        return {"rows": [{"x": 1}], "targets": {"ok": True}}
+
+    out = common.bench_main(["--quick", "--reps", "3", "--out", str(tmp_path)], _fake_bench(run))
+    assert seen == [(True, 3)]
+    data = json.loads((tmp_path / "fake.json").read_text())
+    assert data == json.loads(json.dumps(common.to_jsonable(out)))
+    assert data["benchmark"] == "fake" and data["config"] == {"quick": True}
+    assert data["rows"] == [{"x": 1}] and data["targets"] == {"ok": True}
+    assert "loadavg" in data["env"] and "loadavg_at_start" in data["env"]
+    printed = capsys.readouterr().out
+    assert "== Fake ==" in printed and "note: a note" in printed and "targets:" in printed
+
+
+def test_bench_main_records_a_skip(tmp_path):
+    def run(config, reps):
+        raise LookupError("optional dependency missing")
+
+    out = common.bench_main(["--out", str(tmp_path)], _fake_bench(run), skip_on=(LookupError,))
+    data = json.loads((tmp_path / "fake.json").read_text())
+    assert data["skipped"] == out["skipped"] == "optional dependency missing"
+    assert "rows" not in data
