@@ -167,6 +167,7 @@ def make_simulation(
     loss_fn: Callable[[jax.Array, jax.Array, jax.Array], jax.Array] = masked_cross_entropy,
     max_traces: int | None = None,
     train_only_sampled: bool = True,
+    donate_state: bool = False,
 ) -> Simulation:
     """Builds a federated simulator for ``model`` aggregated by any ABO.
 
@@ -215,6 +216,10 @@ def make_simulation(
       train_only_sampled: with a fixed-count sampler (:func:`uniform_sampling`), train only the
         sampled clients (gathered, vmapped, scattered back) instead of all ``m`` with the others'
         results discarded; the numbers are the same either way.
+      donate_state: donate the state's buffers to the jitted round (``donate_argnums=0``), so XLA
+        can write the next state in place (less peak memory per client). The state passed in is
+        then deleted: always continue from the returned state, as :func:`abo_jax.run` does, and
+        never call ``round`` twice on the same state. Same numbers either way.
 
     Returns:
       A :class:`Simulation`.
@@ -461,7 +466,7 @@ def make_simulation(
 
     if max_traces is not None:
         round_entry = chex.assert_max_traces(round_entry, n=max_traces)
-    round_jit = jax.jit(round_entry)
+    round_jit = jax.jit(round_entry, donate_argnums=0 if donate_state else ())
     evaluate_jit = jax.jit(evaluate)
     prepare_jit = jax.jit(prepare_runs)
 

@@ -62,7 +62,8 @@ def run(
       checkpoint_path: checkpoint file (resumed from when it exists).
       checkpoint_every: rounds between checkpoints (default: only at the end).
       callback: ``fn(round, state, record)`` after each round (and its checkpoint), e.g. to stop
-        early by raising.
+        early by raising. With ``make_simulation(..., donate_state=True)`` the next round deletes
+        that ``state``'s buffers: copy (``jax.device_get``) what you keep.
 
     Returns:
       ``(history, state)``: ``history`` maps each metric to a numpy array with one row per round

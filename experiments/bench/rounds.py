@@ -64,7 +64,7 @@ def describe(impl: str | None) -> str:
 # ---- the simulator ------------------------------------------------------------------------------
 
 
-def sim_parts(spec: W.RoundSpec, *, mesh=None, abo=None):
+def sim_parts(spec: W.RoundSpec, *, mesh=None, abo=None, donate_state: bool = False):
     """``(model, optimizer, sim)`` for ``spec`` (paper MLP, PS, paper SGD)."""
     model = abo_jax.paper_mlp(
         spec.sizes[0], spec.sizes[1:-1], spec.sizes[-1], ranks=spec.ranks, dtype=spec.dtype
@@ -77,6 +77,7 @@ def sim_parts(spec: W.RoundSpec, *, mesh=None, abo=None):
         local_epochs=spec.epochs,
         batch_size=spec.batch,
         mesh=mesh,
+        donate_state=donate_state,
     )
     return model, opt, sim
 

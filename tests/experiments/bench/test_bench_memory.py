@@ -15,3 +15,8 @@ def test_quick_run_writes_json(tmp_path):
     # More clients hold more data and factors, so the planned peak grows with m.
     assert rounds[-1]["peak_bytes"] > rounds[0]["peak_bytes"] > 0
     assert all(s["bytes_per_client"] > 0 for s in data["summary"])
+    # Donating the state lets XLA write the next state over it: a smaller planned peak.
+    donated = [r for r in data["rows"] if r["variant"] == "abo-jax round, donate_state"]
+    assert [r["m"] for r in donated] == list(config.clients)
+    assert all(d["alias_bytes"] > 0 for d in donated)
+    assert all(d["peak_bytes"] < r["peak_bytes"] for d, r in zip(donated, rounds, strict=True))
