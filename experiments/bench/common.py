@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import hashlib
 import json
 import math
 import os
@@ -34,6 +35,7 @@ __all__ = [
     "bench_main",
     "bench_parser",
     "compile_timed",
+    "code_fingerprint",
     "compiled_thunk",
     "env_info",
     "format_table",
@@ -216,6 +218,24 @@ def _git_commit() -> str | None:
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def code_fingerprint(*roots: str | os.PathLike) -> str:
+    """A hash of every ``.py`` file under ``roots`` (names and contents), as they are now.
+
+    The benchmarks run in a working tree that others edit: a benchmark that compares the results of
+    several processes records this in each, so that results of different code are never compared.
+    Default roots: the ``abo_jax`` package and this benchmark folder.
+    """
+    if not roots:
+        here = Path(__file__).resolve().parent
+        roots = (here.parents[1] / "abo_jax", here)
+    digest = hashlib.sha256()
+    for root in map(Path, roots):
+        for path in sorted(root.rglob("*.py")):
+            digest.update(str(path.relative_to(root.parent)).encode() + b"\0")
+            digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
 
 
 def _loadavg() -> list[float] | None:

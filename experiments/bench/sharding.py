@@ -53,6 +53,7 @@ def get_config(quick: bool = False) -> Config:
 
 def worker(n_devices: int, spec: W.RoundSpec, reps: int, seed: int, out_dir: Path) -> dict:
     """Runs in the subprocess: shard, compile, time, save the result."""
+    fingerprint = common.code_fingerprint()  # the code this worker imported as it started
     import jax
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -101,6 +102,7 @@ def worker(n_devices: int, spec: W.RoundSpec, reps: int, seed: int, out_dir: Pat
         "x_sharding": x_sharding,
         "round_impl": impl,
         "env": common.env_info(),
+        "code_fingerprint": fingerprint,
     }
 
 
@@ -138,11 +140,21 @@ def run(config: Config, reps: int | None = None) -> dict:
     if reps is not None:
         config = dataclasses.replace(config, reps=reps)
     rows = []
+    fingerprint = common.code_fingerprint()
     with tempfile.TemporaryDirectory() as tmp:
         out_dir = Path(tmp)
         for n in config.devices:
             print(f"  sharding: {n} device(s) ...", file=sys.stderr, flush=True)
             rows.append(spawn(n, config, out_dir))
+        # Each device count runs in its own process, importing the code as it is then. One
+        # earlier run compared workers that ran different library code (the working tree was
+        # edited between them; the MLP's init had changed) and reported a difference of 2.0.
+        changed = {r["devices"]: r["code_fingerprint"] for r in rows}
+        if set(changed.values()) != {fingerprint}:
+            raise RuntimeError(
+                f"the code changed during the run (fingerprint {fingerprint} at the start, per"
+                f" device count {changed}): the results are not comparable, run again"
+            )
         ref = np.load(out_dir / f"result_{config.devices[0]}.npz")
         ref_leaves = [ref[k] for k in ref.files]
         for row in rows:
@@ -158,7 +170,12 @@ def run(config: Config, reps: int | None = None) -> dict:
     for row in rows:
         row["scaling"] = t1 / row["round_s"]
     targets = {"same_numbers_on_every_device_count": all(r["same_numbers"] for r in rows)}
-    return {"rows": rows, "targets": targets, "round_impl": rows[0]["round_impl"]}
+    return {
+        "rows": rows,
+        "targets": targets,
+        "round_impl": rows[0]["round_impl"],
+        "code_fingerprint": fingerprint,
+    }
 
 
 COLUMNS = [

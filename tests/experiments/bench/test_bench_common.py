@@ -80,3 +80,20 @@ def test_bench_main_records_a_skip(tmp_path):
     data = json.loads((tmp_path / "fake.json").read_text())
     assert data["skipped"] == out["skipped"] == "optional dependency missing"
     assert "rows" not in data
+
+
+def test_code_fingerprint_follows_names_and_contents(tmp_path):
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "a.py").write_text("x = 1\n")
+    (pkg / "sub" / "b.py").write_text("y = 2\n")
+    (pkg / "notes.txt").write_text("not code")
+    first = common.code_fingerprint(pkg)
+    assert common.code_fingerprint(pkg) == first
+    (pkg / "notes.txt").write_text("still not code")
+    assert common.code_fingerprint(pkg) == first
+    (pkg / "sub" / "b.py").write_text("y = 3\n")
+    edited = common.code_fingerprint(pkg)
+    assert edited != first
+    (pkg / "sub" / "b.py").rename(pkg / "c.py")
+    assert common.code_fingerprint(pkg) not in (first, edited)
