@@ -11,8 +11,23 @@ Switches:
     over them, instead of gathering ``bs`` rows inside every step.
   skip_select: drop the per-step ``where(nonempty, new, old)`` over parameters and optimizer state
     (valid only when no batch is fully masked, as with equal client sizes that fill every batch).
+  optimizer: ``fused_sgd`` (:func:`fused_paper_sgd`, the paper's SGD as one tree map) or
+    ``ablation_plain_sgd`` (no momentum, no decay: other maths, to measure what they cost).
 
-Run: ``python -m experiments.bench.experimental [--quick]`` prints the timings of each variant.
+Two more suites (``--suite``):
+
+* ``rounds``: the unpatched round driven differently, ``--rounds R`` rounds per timed call: a loop
+  of ``R`` jitted calls (the baseline), the same with ``make_simulation(donate_state=True)``, one
+  jitted ``lax.scan`` over the ``R`` rounds (no per-round dispatch), and the round compiled under
+  ``jax.default_matmul_precision("highest")``; each checked against the baseline's state.
+* ``products``: the per-client LoRA products of one layer (forward ``u = x A^T``, ``z = u B^T``
+  and the backward ``dB = g^T u``, ``du = g B``, ``dA = du^T x``) written four ways: the client
+  axis leading (what ``jax.vmap`` gives), the client axis second (batch-major), broadcast
+  multiply-and-sum (no GEMM), and, for small ``m``, one dense product against every client's
+  factors keeping the diagonal blocks (``m`` times the FLOPs; GFLOP/s count only the useful ones).
+
+Run: ``python -m experiments.bench.experimental [--quick] [--suite client|rounds|products]``
+prints the timings of each variant and writes ``experimental[_<suite>].json``.
 """
 
 from __future__ import annotations
@@ -24,6 +39,7 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from experiments.bench import common
@@ -51,8 +67,10 @@ def client_update_variant(
     unroll: int = 1,
     pre_gather: bool = False,
     skip_select: bool = False,
+    replace_optimizer: optax.GradientTransformation | None = None,
 ):
     """A copy of ``abo_jax.client_update`` with the experiment's switches (see the module doc)."""
+    optimizer = optimizer if replace_optimizer is None else replace_optimizer
     from abo_jax.data import epoch_batches
     from abo_jax.simulation.client import ClientUpdate, _apply_mask, _select, masked_cross_entropy
 
@@ -115,12 +133,42 @@ def _swap_client_update(fn):
         round_module.client_update = original
 
 
+def fused_paper_sgd(learning_rate: float, momentum: float, weight_decay: float):
+    """``paper_sgd``'s recursion as one map over the tree (same operations in the same order:
+    ``buf = (g + wd p) + momentum buf``, ``update = buf * (-lr)``)."""
+
+    def init(params):
+        return jax.tree.map(jnp.zeros_like, params)
+
+    def update(grads, buf, params):
+        buf = jax.tree.map(
+            lambda g, b, p: (g + weight_decay * p) + momentum * b, grads, buf, params
+        )
+        return jax.tree.map(lambda b: b * -learning_rate, buf), buf
+
+    return optax.GradientTransformation(init, update)
+
+
+def _optimizer(spec: W.RoundSpec, name: str) -> optax.GradientTransformation:
+    if name == "fused_sgd":
+        return fused_paper_sgd(spec.lr, spec.momentum, spec.weight_decay)
+    if name == "ablation_plain_sgd":  # NOT the same maths: what the optimizer's state costs
+        return optax.sgd(spec.lr)
+    raise ValueError(name)
+
+
 def patched_round(spec: W.RoundSpec, problem: W.Problem, seed: int = 0, **switches):
     """The simulator's round compiled with :func:`client_update_variant` (``switches``).
+
+    ``switches["optimizer"]``, if given, names a replacement local optimizer (``fused_sgd``, or
+    ``ablation_plain_sgd``, which changes the maths and is only there to measure a cost).
 
     Returns:
       ``(compiled, args, compile_seconds)``.
     """
+    if "optimizer" in switches:
+        switches = dict(switches)
+        switches["replace_optimizer"] = _optimizer(spec, switches.pop("optimizer"))
     *_, sim, state, data, inputs = R.sim_setup(spec, problem, seed=seed)
     with _swap_client_update(partial(client_update_variant, **switches)):
         compiled, compile_s = common.compile_timed(sim.round, state, data, inputs)
@@ -138,18 +186,21 @@ VARIANTS = {
         "pre_gather": True,
         "skip_select": True,
     },
+    "fused_sgd": {"optimizer": "fused_sgd"},
+    "ablation_plain_sgd (other maths)": {"optimizer": "ablation_plain_sgd"},
 }
 
 
-def main(argv: list[str] | None = None) -> dict:
-    p = common.bench_parser(__doc__.splitlines()[0])
-    p.add_argument("--clients", type=int, default=10)
-    p.add_argument("--samples", type=int, default=1280)
-    args = p.parse_args(argv)
+def _spec(args) -> W.RoundSpec:
     if args.quick:
-        spec = dataclasses.replace(W.TINY, clients=2, samples=40)
-    else:
-        spec = dataclasses.replace(W.RoundSpec(), clients=args.clients, samples=args.samples)
+        return dataclasses.replace(W.TINY, clients=2, samples=40)
+    if args.small_clients:
+        return dataclasses.replace(W.SMALL_CLIENTS, clients=args.clients)
+    return dataclasses.replace(W.RoundSpec(), clients=args.clients, samples=args.samples)
+
+
+def suite_client(args, spec: W.RoundSpec):
+    """The patched ``client_update`` variants (see the module doc), one round per call."""
     problem = W.make_problem(spec)
     thunks, compile_s, outs = {}, {}, {}
     for name, switches in VARIANTS.items():
@@ -161,39 +212,163 @@ def main(argv: list[str] | None = None) -> dict:
             compiled, run_args, compile_s[name] = patched_round(spec, problem, **switches)
         thunks[name] = lambda c=compiled, a=run_args: c(*a)
         outs[name] = jax.tree.map(lambda v: v[0], compiled(*run_args)[0].clients)
-    mm_thunks, mm_flops = common.matmul_reference((1024, 2048))
-    thunks.update(mm_thunks)
-    t = common.time_interleaved(thunks, reps=args.reps or 5, warmup=1)
-    peak = common.matmul_peak(t, mm_flops)["gflops"] * 1e9
-    flops = W.round_flops(spec)["unavoidable"]
-    rows = [
-        {
-            "variant": name,
-            "round_s": t[name].median_s,
-            "speedup": t["original"].median_s / t[name].median_s,
-            "frac_unavoidable": flops / t[name].median_s / peak,
-            "max_abs_diff_vs_original": R.max_abs_diff(outs["original"], outs[name]),
-            "compile_s": compile_s[name],
-        }
-        for name in VARIANTS
-    ]
-    columns = [
-        ("variant", "variant", None),
-        ("round_s", "round [s]", ".3g"),
-        ("speedup", "vs original", ".2f"),
-        ("frac_unavoidable", "unavoid./matmul", ".2f"),
-        ("max_abs_diff_vs_original", "max |diff|", ".1e"),
-        ("compile_s", "compile [s]", ".1f"),
-    ]
+    return thunks, compile_s, outs, 1
+
+
+def suite_rounds(args, spec: W.RoundSpec):
+    """``R`` rounds per call: jitted loop, donated loop, one scanned call, highest precision."""
+    problem = W.make_problem(spec)
+    n_rounds = args.rounds
+    thunks, compile_s, outs = {}, {}, {}
+
+    def loop(name, donate=False, precision=None):
+        *_, sim, state, data, inputs = R.sim_setup(spec, problem, donate=donate)
+        with jax.default_matmul_precision(precision) if precision else contextlib.nullcontext():
+            compiled, compile_s[name] = common.compile_timed(sim.round, state, data, inputs)
+        held = {"state": state}
+
+        def thunk():
+            for _ in range(n_rounds):
+                held["state"], metrics = compiled(held["state"], data, inputs)
+            return held["state"], metrics
+
+        return thunk
+
+    def scanned(name):
+        *_, sim, state, data, inputs = R.sim_setup(spec, problem)
+
+        def rounds(state):
+            return jax.lax.scan(
+                lambda s, _: sim.round_step(s, data, inputs), state, None, length=n_rounds
+            )
+
+        compiled, compile_s[name] = common.compile_timed(rounds, state)
+        held = {"state": state}
+
+        def thunk():
+            held["state"], metrics = compiled(held["state"])
+            return held["state"], metrics
+
+        return thunk
+
+    thunks["loop of jitted rounds"] = loop("loop of jitted rounds")
+    thunks["loop, donate_state"] = loop("loop, donate_state", donate=True)
+    thunks["lax.scan over rounds"] = scanned("lax.scan over rounds")
+    thunks["precision highest"] = loop("precision highest", precision="highest")
+    for name, thunk in thunks.items():  # R rounds from the same start: the states must agree
+        outs[name] = jax.tree.map(np.asarray, thunk()[0].clients)
+    return thunks, compile_s, outs, n_rounds
+
+
+def lora_products(layout: str, m: int):
+    """One layer's per-client LoRA products (see the module doc) in ``layout``."""
+    idx = jnp.arange(m)
+
+    def diag(t):  # (m, b, m, r) -> (m, b, r): each client against its own factors
+        return t[idx, :, idx]
+
+    def fn(x, a, b, g):
+        if layout == "client_leading":
+            u = jnp.einsum("cbk,crk->cbr", x, a)
+            du = jnp.einsum("cbd,cdr->cbr", g, b)
+            z = jnp.einsum("cbr,cdr->cbd", u, b)
+        elif layout == "client_second":
+            xt, gt = jnp.swapaxes(x, 0, 1), jnp.swapaxes(g, 0, 1)
+            u = jnp.swapaxes(jnp.einsum("bck,crk->bcr", xt, a), 0, 1)
+            du = jnp.swapaxes(jnp.einsum("bcd,cdr->bcr", gt, b), 0, 1)
+            z = jnp.swapaxes(jnp.einsum("bcr,cdr->bcd", jnp.swapaxes(u, 0, 1), b), 0, 1)
+        elif layout == "multiply_sum":
+            u = jnp.sum(x[:, :, None, :] * a[:, None], -1)
+            du = jnp.sum(g[..., None] * b[:, None], -2)
+            z = jnp.sum(u[:, :, None, :] * b[:, None], -1)
+        elif layout == "dense_diagonal":
+            u = diag(jnp.einsum("cbk,erk->cber", x, a))
+            du = diag(jnp.einsum("cbd,edr->cber", g, b))
+            z = diag(jnp.einsum("cbr,edr->cbed", u, b))
+        else:
+            raise ValueError(layout)
+        db = jnp.einsum("cbd,cbr->cdr", g, u)
+        da = jnp.einsum("cbr,cbk->crk", du, x)
+        return z, db, da
+
+    return fn
+
+
+def suite_products(args, spec: W.RoundSpec):
+    """The LoRA products of layer 1 (``k = sizes[0]``) and layer 2 of ``spec``, four layouts."""
+    thunks, compile_s, outs = {}, {}, {}
+    m, bs = spec.clients, spec.batch
+    useful = 0.0
+    for layer, ((d, k), r) in enumerate(zip(spec.layer_shapes[:2], spec.ranks, strict=False)):
+        keys = jax.random.split(jax.random.key(layer), 4)
+        x = jax.random.normal(keys[0], (m, bs, k))
+        a = jax.random.normal(keys[1], (m, r, k))
+        b = jax.random.normal(keys[2], (m, d, r))
+        g = jax.random.normal(keys[3], (m, bs, d))
+        useful += 2.0 * m * bs * r * (2 * k + 3 * d)
+        layouts = ["client_leading", "client_second", "multiply_sum"]
+        layouts += ["dense_diagonal"] if m <= 16 else []
+        for layout in layouts:
+            name = f"layer{layer} {layout}"
+            thunks[name], _, compile_s[name] = common.compiled_thunk(
+                jax.jit(lora_products(layout, m)), x, a, b, g
+            )
+            outs[name] = thunks[name]()
+    return thunks, compile_s, outs, useful
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = common.bench_parser(__doc__.splitlines()[0])
+    p.add_argument("--suite", choices=("client", "rounds", "products"), default="client")
+    p.add_argument("--clients", type=int, default=10)
+    p.add_argument("--samples", type=int, default=1280)
+    p.add_argument("--small-clients", action="store_true", help="digits MLP, 20 samples, batch 10")
+    p.add_argument("--rounds", type=int, default=5, help="rounds per call (suite rounds)")
+    args = p.parse_args(argv)
+    spec = _spec(args)
+    suite = {"client": suite_client, "rounds": suite_rounds, "products": suite_products}
+    thunks, compile_s, outs, scale = suite[args.suite](args, spec)
+    t, mm = common.time_with_matmul(thunks, (1024, 2048), reps=args.reps or 5)
+    peak = mm["gflops"] * 1e9
+    rows = []
+    first = next(iter(thunks))
+    for name in thunks:
+        row = {"variant": name, "call_s": t[name].median_s, "compile_s": compile_s[name]}
+        if args.suite == "products":
+            ref = outs[name.split()[0] + " client_leading"]
+            row["rel_diff_vs_client_leading"] = max(
+                float(np.max(np.abs(np.asarray(o) - np.asarray(r))) / np.max(np.abs(r)))
+                for o, r in zip(outs[name], ref, strict=True)
+            )
+        else:
+            flops = W.round_flops(spec)["unavoidable"] * scale
+            row["speedup"] = t[first].median_s / t[name].median_s
+            row["frac_unavoidable"] = flops / t[name].median_s / peak
+            row["max_abs_diff_vs_first"] = R.max_abs_diff(outs[first], outs[name])
+        rows.append(row)
+    if args.suite == "products":  # both layers' products per call; GFLOP/s of the useful FLOPs
+        for layout in {r["variant"].split()[1] for r in rows}:
+            total = sum(r["call_s"] for r in rows if r["variant"].endswith(layout))
+            for r in rows:
+                if r["variant"].endswith(layout):
+                    r["useful_gflops_both_layers"] = scale / total / 1e9
     env = common.env_info()
     common.print_report(
-        "EXPERIMENT: patched client_update variants",
+        f"EXPERIMENT: {args.suite} variants (matmul {mm['gflops']:.0f} GFLOP/s)",
         dataclasses.asdict(spec),
         env,
-        common.format_table(rows, columns),
+        common.format_table(rows, [(k, k, ".3g" if k != "variant" else None) for k in rows[0]]),
     )
-    out = {"benchmark": "experimental", "quick": args.quick, "spec": spec, "env": env, "rows": rows}
-    common.write_json(args.out / "experimental.json", out)
+    name = "experimental" if args.suite == "client" else f"experimental_{args.suite}"
+    out = {
+        "benchmark": name,
+        "quick": args.quick,
+        "spec": spec,
+        "env": env,
+        "matmul": mm,
+        "rows": rows,
+    }
+    common.write_json(args.out / f"{name}.json", out)
     return out
 
 

@@ -92,9 +92,11 @@ def client_data(problem: W.Problem):
     )
 
 
-def sim_setup(spec: W.RoundSpec, problem: W.Problem, *, mesh=None, seed: int = 0):
+def sim_setup(
+    spec: W.RoundSpec, problem: W.Problem, *, mesh=None, seed: int = 0, donate: bool = False
+):
     """``(model, opt, sim, state, data, inputs)``, placed on ``mesh`` when given."""
-    model, opt, sim = sim_parts(spec, mesh=mesh)
+    model, opt, sim = sim_parts(spec, mesh=mesh, donate_state=donate)
     data = client_data(problem)
     state = sim.init(jax.random.key(seed), data)
     data = sim.shard(data, "data")
