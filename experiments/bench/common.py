@@ -102,8 +102,10 @@ def time_interleaved(
     """Times several zero-argument callables round-robin; returns each one's median.
 
     Each repetition calls every thunk once, in turn, and blocks on the JAX arrays it returns (a torch
-    or numpy result is already computed when the call returns). ``warmup`` rounds run first and are
-    discarded. When ``min_time_s`` is positive, repetitions continue past ``reps`` until the slowest
+    or numpy result is already computed when the call returns); the turn order rotates by one each
+    repetition, so that no variant always follows the same one (a large matmul leaves the caches
+    cold for whatever runs next: a millisecond variant that always followed it measured 1.5x slower
+    than an identical one). ``warmup`` rounds run first, in the given order, and are discarded. When ``min_time_s`` is positive, repetitions continue past ``reps`` until the slowest
     variant has accumulated that much time (at most ``4 * reps`` repetitions).
     """
     if reps < 1:
@@ -115,7 +117,8 @@ def time_interleaved(
     times: dict[str, list[float]] = {name: [] for name in names}
     i = 0
     while True:
-        for name in names:
+        shift = i % len(names)
+        for name in names[shift:] + names[:shift]:
             t0 = time.perf_counter()
             _block(thunks[name]())
             times[name].append(time.perf_counter() - t0)

@@ -21,10 +21,11 @@ def test_write_json_is_atomic_and_jsonable(tmp_path):
 def test_time_interleaved_round_robin():
     calls = []
     t = common.time_interleaved(
-        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, reps=3, warmup=1
+        {name: (lambda name=name: calls.append(name)) for name in "abc"}, reps=3, warmup=1
     )
-    assert calls == ["a", "b"] * 4
-    assert len(t["a"].times_s) == 3 and t["a"].median_s >= 0
+    # One warm-up round in order, then each repetition starts one variant later (rotation).
+    assert calls == list("abc") + list("abc") + list("bca") + list("cab")
+    assert all(len(t[name].times_s) == 3 and t[name].median_s >= 0 for name in "abc")
     with pytest.raises(ValueError, match="reps"):
         common.time_interleaved({"a": lambda: None}, reps=0)
 
