@@ -37,6 +37,7 @@ from abo_jax.aggregation._base import (
     validate_client_ranks,
 )
 from abo_jax.aggregation.sum_product import svd_from_stacked
+from abo_jax.linalg import svd
 from abo_jax.lora import LoRAFactors, mask_rank, rank_mask
 
 __all__ = ["hetlora", "rbla", "flexlora"]
@@ -210,7 +211,7 @@ def flexlora(client_ranks: Any, alpha: float | None = None) -> ABO:
             u, s, vt = svd_from_stacked(bs, f.a[rows, cols, :])
         else:
             zbar = jnp.einsum("c,cdr,crk->dk", w_eff, f.b, f.a)
-            u, s, vt = jnp.linalg.svd(zbar, full_matrices=False)
+            u, s, vt = svd(zbar)
         q_len = s.shape[0]
         if q_len < r_max:
             u = jnp.pad(u, ((0, 0), (0, r_max - q_len)))

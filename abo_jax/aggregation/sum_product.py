@@ -19,6 +19,7 @@ from abo_jax.aggregation._base import (
     make_abo,
     stateless_init,
 )
+from abo_jax.linalg import qr, svd
 from abo_jax.lora import LoRAFactors
 
 __all__ = ["sum_product", "sp_svd", "stacked_svd", "svd_from_stacked", "split_svd"]
@@ -53,9 +54,9 @@ def svd_from_stacked(bs: jax.Array, as_: jax.Array):
     Returns:
       ``u (d, n)``, ``s (n,)`` descending, ``vt (n, k)``.
     """
-    qb, rb = jnp.linalg.qr(bs)  # (d, n), (n, n)
-    qa, ra = jnp.linalg.qr(as_.T)  # (k, n), (n, n)
-    u_core, s, vt_core = jnp.linalg.svd(rb @ ra.T, full_matrices=False)
+    qb, rb = qr(bs)  # (d, n), (n, n)
+    qa, ra = qr(as_.T)  # (k, n), (n, n)
+    u_core, s, vt_core = svd(rb @ ra.T)
     return qb @ u_core, s, vt_core @ qa.T
 
 
@@ -70,7 +71,7 @@ def sp_svd(b: jax.Array, a: jax.Array, weights: jax.Array):
     if m * r < min(d, k):
         return stacked_svd(b, a, weights)
     zbar = jnp.einsum("c,cdr,crk->dk", weights.astype(b.dtype), b, a)
-    return jnp.linalg.svd(zbar, full_matrices=False)
+    return svd(zbar)
 
 
 def split_svd(u, s, vt, rank: int, r_out: int, split: Split = "sqrt") -> LoRAFactors:
