@@ -30,24 +30,14 @@ from experiments.common.io import atomic_write_csv, atomic_write_json, config_ha
 from experiments.common.plotting import curves_with_band, plt, save
 from experiments.common.progress import log
 from experiments.common.stats import mean_ci
+from theory.certify import KNOWN_OPERATORS
 
 __all__ = ["OperatorsConfig", "get_config", "get_quick_config", "run_operators", "main"]
 
 HETERO = ("hetlora", "rbla", "flexlora")
 PERSONALIZED = ("fedsa",)
-ALL_OPERATORS = (
-    "sum_product",
-    "product_sum",
-    "fedex",
-    "flora",
-    "ffa",
-    "rolora",
-    "fedsa",
-    "hetlora",
-    "rbla",
-    "flexlora",
-    "fedavg_full",
-)
+#: every operator theory.certify knows by name, plus full-weight FedAvg as the dense reference
+ALL_OPERATORS = (*KNOWN_OPERATORS, "fedavg_full")
 MISMATCH = (
     "weak_mismatch",
     "strong_mismatch_b",

@@ -1,7 +1,10 @@
 """The paper's rank-ratio x local-epoch grid for SP and PS, resumable, with plots and the verdict.
 
-Run ``python -m experiments.paper --help``. Each (data set, operator, delta, E) cell trains all seeds
-in turn through one compiled round and is stored atomically in ``<run>/cells/``; re-running the same command resumes.
+Run ``python -m experiments.paper --help``. Each (data set, operator, delta, E) cell trains all its
+seeds at once on abo_jax's simulator (``make_simulation`` with a run axis of one run per seed: one
+jitted, vmapped round per cell) with ``theory.round_metrics`` in the round. A finished cell is stored
+atomically in ``<run>/cells/``; an unfinished one is checkpointed every few rounds in
+``<run>/partial/``. Re-running the same command resumes from both.
 
 Reference: Chen et al., arXiv:2508.01348, Figure 1.
 """
@@ -12,13 +15,17 @@ import dataclasses
 import time
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from abo_jax.aggregation import product_sum, sum_product
+from abo_jax.models.mlp import paper_mlp, paper_mlp_ranks
+from abo_jax.simulation import make_simulation, paper_sgd, run
+from experiments.common import limit_blas_threads
 from experiments.common.config import parse_config
 from experiments.common.datasets import load_dataset, one_class_per_client, pad_clients
-from experiments.common.fedmlp import TrainConfig, paper_ranks, run_federated
-from experiments.common.grid import run_grid
+from experiments.common.grid import cell_id, run_grid
 from experiments.common.io import atomic_write_csv, atomic_write_json, config_hash, results_dir
 from experiments.common.plotting import curves_with_band, heatmap_triptych, plt, save
 from experiments.common.progress import log
@@ -26,10 +33,42 @@ from experiments.common.stats import mean_ci
 from experiments.paper.claim import claim_verdict, format_verdict
 from experiments.paper.config import PaperConfig, get_config, get_quick_config
 
-__all__ = ["OPERATORS", "rounds_for", "make_cells", "run_paper", "summarize", "main"]
+__all__ = [
+    "OPERATORS",
+    "MISMATCH_TERMS",
+    "paper_ranks",
+    "rounds_for",
+    "make_cells",
+    "run_paper",
+    "summarize",
+    "main",
+]
 
 OPERATORS = {"sp": sum_product, "ps": product_sum}
-MISMATCH_TERMS = ("R_w", "R_B", "R_A", "sp_tail", "ps_error")
+#: The per-round mismatch terms plotted and stored per cell, and their ``theory.round_metrics``
+#: names: ``R_w = sum_i p_i ||P_i Q_i - B_i A_i||^2``, ``R_B``, ``R_A`` (the strong condition's
+#: factor mismatches), SP's discarded tail ``sum_{j>r} s_j(Zbar)^2`` and PS's aggregation error
+#: ``||Zbar - Bbar Abar||^2`` (DESIGN.md).
+MISMATCH_TERMS = {
+    "R_w": "weak_mismatch",
+    "R_B": "strong_mismatch_b",
+    "R_A": "strong_mismatch_a",
+    "sp_tail": "sp_tail",
+    "ps_error": "ps_error",
+}
+CHECKPOINT_EVERY = 10  # rounds between checkpoints of an unfinished cell
+
+
+def paper_ranks(delta: float, num_hidden: int = 2) -> tuple[int, ...]:
+    """The paper's ranks for ``num_hidden`` hidden layers: ``int(160 delta)`` each, then
+    ``int(100 delta)`` for the output layer (at least 1), as :func:`abo_jax.paper_mlp_ranks`.
+
+    Example:
+      >>> paper_ranks(0.07)
+      (11, 11, 7)
+    """
+    hidden, _, last = paper_mlp_ranks(delta)
+    return (hidden,) * num_hidden + (last,)
 
 
 def rounds_for(cfg: PaperConfig, epochs: int) -> int:
@@ -96,50 +135,68 @@ class _DataCache:
         return self.cache[name]
 
 
-def _run_cell(cell: dict, data_cache: _DataCache, progress: bool) -> dict:
-    data, tx, ty, classes = data_cache.get(cell["dataset"])
-    train = TrainConfig(
-        epochs=cell["E"],
-        rounds=cell["rounds"],
-        batch_size=cell["batch"],
-        lr=cell["lr"],
-        momentum=cell["momentum"],
-        weight_decay=cell["wd"],
-        hidden=tuple(cell["hidden"]),
-    )
-    ranks = paper_ranks(cell["delta"], len(train.hidden) + 1)
-    from experiments.common.progress import progress as bar_fn
+def _metrics_fn(clients, weights, broadcast):
+    from theory.functionals import round_metrics
 
-    bar = bar_fn(
-        total=cell["rounds"] * cell["seeds"],
-        desc=f"  {cell['op']} d={cell['delta']} E={cell['E']}",
-        leave=False,
-        disable=not progress,
-    )
-    t0 = time.perf_counter()
-    run = run_federated(
-        train,
+    out = round_metrics(clients, weights, broadcast)
+    return {name: out[name + "_layers"] for name in MISMATCH_TERMS.values()}
+
+
+def _run_cell(cell: dict, data_cache: _DataCache, progress: bool, folder: Path) -> dict:
+    """Trains one cell (every seed at once on the simulator's run axis) and returns its results.
+
+    Seed ``s`` uses ``jax.random.key(s)`` (base weights, LoRA init, shuffles), so a cell with more
+    seeds extends, not changes, one with fewer.
+    """
+    limit_blas_threads(1)
+    data, tx, ty, classes = data_cache.get(cell["dataset"])
+    hidden = tuple(cell["hidden"])
+    ranks = paper_ranks(cell["delta"], len(hidden))
+    model = paper_mlp(data.x.shape[-1], hidden, classes, ranks=ranks)
+    seeds = cell["seeds"]
+    sim = make_simulation(
+        model,
         OPERATORS[cell["op"]](),
-        data,
-        tx,
-        ty,
-        ranks,
-        tuple(range(cell["seeds"])),
-        num_classes=classes,
-        on_round=lambda t, out: bar.update(1),
+        optimizer=paper_sgd(cell["lr"], cell["momentum"], cell["wd"]),
+        local_epochs=cell["E"],
+        batch_size=cell["batch"],
+        metrics_fn=_metrics_fn,
+        num_runs=seeds,
     )
-    bar.close()
-    acc = 100.0 * run.test_acc  # (s, T), percent
+    partial = folder / "partial" / f"{cell_id(cell)}.ckpt"
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    history, _ = run(
+        sim,
+        data,
+        (tx, ty),
+        rounds=cell["rounds"],
+        key=jnp.stack([jax.random.key(s) for s in range(seeds)]),
+        progress=progress,
+        desc=f"  {cell['op']} delta={cell['delta']} E={cell['E']}",
+        checkpoint_path=partial,
+        checkpoint_every=CHECKPOINT_EVERY,
+    )
+    wall = time.perf_counter() - t0
+    partial.unlink(missing_ok=True)
+    acc = 100.0 * np.asarray(history["test_accuracy"], float).T  # (seeds, rounds), percent
     return {
         "ranks": list(ranks),
         "best_acc": acc.max(axis=1),
         "final_acc": acc[:, -1],
-        "best_round": acc.argmax(axis=1),
-        "curves": {"test_acc": acc, "test_loss": run.test_loss, "train_loss": run.train_loss},
-        "metrics": {k: v for k, v in run.metrics.items()},  # (s, T, L)
-        "seconds_per_round": run.seconds_per_round,
-        "compile_seconds": run.compile_seconds,
-        "wall_seconds": time.perf_counter() - t0,
+        "best_round": acc.argmax(axis=1) + 1,
+        "curves": {
+            "test_acc": acc,
+            "test_loss": np.asarray(history["test_loss"]).T,
+            "train_loss": np.asarray(history["train_loss"]).T,
+        },
+        # (seeds, rounds, layers) per term
+        "metrics": {
+            term: np.moveaxis(np.asarray(history[name]), 0, 1)
+            for term, name in MISMATCH_TERMS.items()
+        },
+        "seconds_per_round": wall / cell["rounds"],
+        "wall_seconds": wall,
     }
 
 
@@ -274,7 +331,7 @@ def run_paper(cfg: PaperConfig) -> dict:
     t0 = time.perf_counter()
     records, counts = run_grid(
         make_cells(cfg),
-        lambda c: _run_cell(c, cache, cfg.progress),
+        lambda c: _run_cell(c, cache, cfg.progress, folder),
         folder / "cells",
         desc="paper grid",
         show_progress=cfg.progress,

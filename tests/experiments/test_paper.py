@@ -17,11 +17,11 @@ def test_paper_quick_runs_resumes_and_writes_well_formed_results(tmp_path, monke
     real = paper._run_cell
     calls = []
 
-    def failing(cell, cache, progress):
+    def failing(cell, cache, progress, folder):
         if len(calls) == 2:
             raise RuntimeError("injected failure after two cells")
         calls.append(cell)
-        return real(cell, cache, progress)
+        return real(cell, cache, progress, folder)
 
     monkeypatch.setattr(paper, "_run_cell", failing)
     try:
@@ -69,10 +69,43 @@ def test_paper_quick_runs_resumes_and_writes_well_formed_results(tmp_path, monke
 
 
 def test_paper_ranks_and_rounds_follow_the_protocol():
-    from experiments.common.fedmlp import paper_ranks
-
-    assert paper_ranks(0.01) == (1, 1, 1)
-    assert paper_ranks(0.04) == (6, 6, 4)
-    assert paper_ranks(0.07) == (11, 11, 7)
+    assert paper.paper_ranks(0.01) == (1, 1, 1)
+    assert paper.paper_ranks(0.04) == (6, 6, 4)
+    assert paper.paper_ranks(0.07) == (11, 11, 7)
+    assert paper.paper_ranks(0.07, num_hidden=3) == (11, 11, 11, 7)
     cfg = paper.PaperConfig()
     assert [paper.rounds_for(cfg, e) for e in (1, 2, 3, 5, 10)] == [300, 150, 100, 60, 30]
+
+
+def test_a_cell_killed_mid_run_resumes_from_its_checkpoint_with_the_same_numbers(
+    tmp_path, monkeypatch
+):
+    cfg = get_quick_config()
+    cell = next(c for c in paper.make_cells(cfg) if c["op"] == "sp" and c["rounds"] == 3)
+    cache = paper._DataCache(cfg)
+    whole = paper._run_cell(cell, cache, False, tmp_path / "whole")
+
+    monkeypatch.setattr(paper, "CHECKPOINT_EVERY", 1)
+    real_run = paper.run
+
+    def killed_after_two_rounds(*args, **kwargs):
+        def stop(r, state, record):
+            if r == 2:
+                raise KeyboardInterrupt("killed")
+
+        return real_run(*args, **kwargs, callback=stop)
+
+    monkeypatch.setattr(paper, "run", killed_after_two_rounds)
+    folder = tmp_path / "killed"
+    try:
+        paper._run_cell(cell, cache, False, folder)
+        raise AssertionError("the run should have been interrupted")
+    except KeyboardInterrupt:
+        pass
+    assert len(list((folder / "partial").glob("*.ckpt"))) == 1
+    monkeypatch.setattr(paper, "run", real_run)
+    resumed = paper._run_cell(cell, cache, False, folder)
+    assert not list((folder / "partial").glob("*.ckpt"))  # removed once the cell is done
+    np.testing.assert_array_equal(resumed["curves"]["test_acc"], whole["curves"]["test_acc"])
+    for term in paper.MISMATCH_TERMS:
+        np.testing.assert_array_equal(resumed["metrics"][term], whole["metrics"][term])
