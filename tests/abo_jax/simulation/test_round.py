@@ -258,3 +258,34 @@ def test_bad_config_errors(rng, clients_fn):
     with pytest.raises(ValueError, match="test"):
         sim = aj.make_simulation(_model(), aj.product_sum())
         aj.run(sim, data, (data.x[0, :, :2], data.y[0]), rounds=1, key=jax.random.key(0))
+
+
+@pytest.mark.parametrize("donate", [False, True])
+def test_scanned_rounds_equal_repeated_rounds(rng, clients_fn, donate):
+    data = clients_fn(rng, [6, 4, 5, 7], FEAT, CLASSES)
+    sim = aj.make_simulation(
+        _model(),
+        aj.sum_product(),
+        batch_size=4,
+        sampling=aj.uniform_sampling(3),
+        reset_optimizer=False,
+        donate_state=donate,
+    )
+    start = sim.init(jax.random.key(6), data)
+    inputs = sim.prepare(start, data)
+    copy = lambda state: jax.tree.map(jnp.copy, state)  # noqa: E731 - a donated state is freed
+    state, per_round = copy(start), []
+    for _ in range(3):
+        state, metrics = sim.round(state, data, inputs)
+        per_round.append(metrics)
+    scanned, stacked = sim.rounds(copy(start), data, inputs, num_rounds=3)
+    close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)  # noqa: E731
+    jax.tree.map(close, (scanned.frozen, scanned.clients, scanned.opt_state),
+                 (state.frozen, state.clients, state.opt_state))  # fmt: skip
+    assert int(scanned.round) == 3
+    np.testing.assert_array_equal(jax.random.key_data(scanned.key), jax.random.key_data(state.key))
+    for name, value in stacked.items():
+        assert value.shape[0] == 3, name
+        close(value, np.stack([m[name] for m in per_round]))
+    with pytest.raises(ValueError, match="num_rounds"):
+        sim.rounds(copy(start), data, inputs, num_rounds=0)
