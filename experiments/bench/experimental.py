@@ -18,7 +18,8 @@ Two more suites (``--suite``):
 
 * ``rounds``: the unpatched round driven differently, ``--rounds R`` rounds per timed call: a loop
   of ``R`` jitted calls (the baseline), the same with ``make_simulation(donate_state=True)``, one
-  jitted ``lax.scan`` over the ``R`` rounds (no per-round dispatch), and the round compiled under
+  jitted ``lax.scan`` over the ``R`` rounds (no per-round dispatch; data and cached inputs as
+  arguments, or closed over as constants of the executable), and the round compiled under
   ``jax.default_matmul_precision("highest")``; each checked against the baseline's state.
 * ``products``: the per-client LoRA products of one layer (forward ``u = x A^T``, ``z = u B^T``
   and the backward ``dB = g^T u``, ``du = g B``, ``dA = du^T x``) written four ways: the client
@@ -234,26 +235,35 @@ def suite_rounds(args, spec: W.RoundSpec):
 
         return thunk
 
-    def scanned(name):
+    def scanned(name, constants=False):
         *_, sim, state, data, inputs = R.sim_setup(spec, problem)
 
-        def rounds(state):
+        def rounds(state, data, inputs):
             return jax.lax.scan(
                 lambda s, _: sim.round_step(s, data, inputs), state, None, length=n_rounds
             )
 
-        compiled, compile_s[name] = common.compile_timed(rounds, state)
+        if constants:  # data and inputs folded into the executable as constants
+            fn = jax.jit(lambda s: rounds(s, data, inputs))
+            compiled, compile_s[name] = common.compile_timed(fn, state)
+            call = compiled
+        else:
+            compiled, compile_s[name] = common.compile_timed(
+                partial(sim.rounds, num_rounds=n_rounds), state, data, inputs
+            )
+            call = lambda s: compiled(s, data, inputs)  # noqa: E731
         held = {"state": state}
 
         def thunk():
-            held["state"], metrics = compiled(held["state"])
+            held["state"], metrics = call(held["state"])
             return held["state"], metrics
 
         return thunk
 
     thunks["loop of jitted rounds"] = loop("loop of jitted rounds")
     thunks["loop, donate_state"] = loop("loop, donate_state", donate=True)
-    thunks["lax.scan over rounds"] = scanned("lax.scan over rounds")
+    thunks["sim.rounds (lax.scan over rounds)"] = scanned("sim.rounds (lax.scan over rounds)")
+    thunks["lax.scan, data as constants"] = scanned("lax.scan, data as constants", constants=True)
     thunks["precision highest"] = loop("precision highest", precision="highest")
     for name, thunk in thunks.items():  # R rounds from the same start: the states must agree
         outs[name] = jax.tree.map(np.asarray, thunk()[0].clients)

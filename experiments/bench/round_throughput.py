@@ -11,7 +11,8 @@ two ways (see ``workload.round_flops``):
 * ``naive``: a plain forward/backward that recomputes it at every step.
 
 Variants: the round under test (abo_jax's simulator, which caches that product with ``sim.prepare``),
-and, for comparison, the bench's own reference round fed the cached product (``bench_cached_first``)
+the same rounds run several per call by ``sim.rounds`` (one ``lax.scan``; time per round), and, for
+comparison, the bench's own reference round fed the cached product (``bench_cached_first``)
 and recomputing it every step (``bench_naive``).
 Run: ``python -m experiments.bench.round_throughput [--quick] [--out DIR]``.
 Target (issue 7): the round at >= 70% of the matmul FLOP/s on CPU (unavoidable FLOPs).
@@ -37,13 +38,14 @@ class Config:
     matmul_sizes: tuple[int, ...] = (512, 1024, 2048)  # reference: the best of these
     reps: int = 5
     experiments: bool = True  # also time the bench's own round with and without the cache
+    scanned_rounds: int = 5  # also time sim.rounds (this many rounds in one call), per round
     seed: int = 0
 
 
 def get_config(quick: bool = False) -> Config:
     if quick:
         spec = dataclasses.replace(W.TINY, clients=2, samples=40)
-        return Config(spec=spec, matmul_sizes=(128,), reps=2, experiments=False)
+        return Config(spec=spec, matmul_sizes=(128,), reps=2, experiments=False, scanned_rounds=2)
     return Config()
 
 
@@ -72,12 +74,17 @@ def run(config: Config, reps: int | None = None) -> dict:
     for name, h in harnesses.items():
         thunks[name], compiled, compile_s[name] = common.compiled_thunk(h.vmapped, *h.vmapped_args)
         xla[name] = xla_flops(compiled)
+    per_call = dict.fromkeys(thunks, 1)
+    if harnesses["round"].scanned is not None and config.scanned_rounds:
+        name = f"rounds (sim.rounds, {config.scanned_rounds} per call), per round"
+        thunks[name], compile_s[name] = harnesses["round"].scanned(config.scanned_rounds)
+        xla[name], per_call[name] = None, config.scanned_rounds
     t, mm = common.time_with_matmul(thunks, config.matmul_sizes, reps=reps)
     peak = mm["gflops"] * 1e9
     flops = W.round_flops(spec)
     rows = []
-    for name in harnesses:
-        s = t[name].median_s
+    for name in per_call:
+        s = t[name].median_s / per_call[name]
         rows.append(
             {
                 "variant": name,

@@ -30,6 +30,7 @@ import optax
 
 import abo_jax
 from abo_jax.data.client_data import ClientData
+from experiments.bench import common
 from experiments.bench import workload as W
 
 
@@ -45,6 +46,8 @@ class Harness(NamedTuple):
     loop_step: Callable[[], Any]  # thunk: a whole round with baseline (b)
     check: Callable[[], float]  # max |global (a) - global (vmapped)|
     global_of: Callable[[Any], Any]  # vmapped output -> global trainable tree (for comparisons)
+    # scanned(R) -> (thunk running R rounds in one call (sim.rounds), compile seconds); sim only
+    scanned: Callable[[int], tuple[Callable[[], Any], float]] | None = None
 
 
 def describe(impl: str | None) -> str:
@@ -188,8 +191,14 @@ def _sim_harness(spec: W.RoundSpec, problem: W.Problem, seed: int) -> Harness:
     def check():
         return _sim_check(spec, problem, seed)
 
+    def scanned(num_rounds):
+        thunk, _, seconds = common.compiled_thunk(
+            partial(sim.rounds, num_rounds=num_rounds), state, data, inputs
+        )
+        return thunk, seconds
+
     return Harness(
-        "sim", sim.round, (state, data, inputs), loop_update, loop_step, check, global_of
+        "sim", sim.round, (state, data, inputs), loop_update, loop_step, check, global_of, scanned
     )
 
 
