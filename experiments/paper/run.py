@@ -129,7 +129,7 @@ class _DataCache:
                 parts = [p[: self.cfg.max_per_client] for p in parts]
             data = pad_clients(ds.x_train, ds.y_train, parts, multiple=self.cfg.batch_size)
             n_test = self.cfg.max_test or len(ds.y_test)
-            # A class-balanced test subset when capped (the test files are not sorted by class).
+            # The first n_test test examples when capped (the test files are not sorted by class).
             idx = np.arange(len(ds.y_test))[:n_test]
             self.cache[name] = (data, ds.x_test[idx], ds.y_test[idx], ds.num_classes)
         return self.cache[name]
