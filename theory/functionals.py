@@ -41,7 +41,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from abo_jax import Broadcast, LoRAFactors, is_lora, lora_leaves, sp_svd
-from abo_jax.linalg import qr
 
 __all__ = [
     "PerLayer",
@@ -185,7 +184,7 @@ def _lowrank_sqnorm(left: jax.Array, right: jax.Array) -> jax.Array:
     k = right.shape[1]
     if d * k <= q * (d + k) or q >= d:
         return jnp.sum(jnp.square(left @ right))
-    _, r_left = qr(left)  # (q, q); ||L R|| = ||R_L R|| since Q_L has orthonormal columns
+    _, r_left = jnp.linalg.qr(left)  # (q, q); ||L R|| = ||R_L R|| since Q_L has orthonormal columns
     return jnp.sum(jnp.square(r_left @ right))
 
 
