@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from abo_jax import Broadcast, LoRAFactors, is_lora, lora_leaves, sp_svd
+from abo_jax.linalg import svd
 
 __all__ = [
     "PerLayer",
@@ -186,6 +187,12 @@ def _lowrank_sqnorm(left: jax.Array, right: jax.Array) -> jax.Array:
         return jnp.sum(jnp.square(left @ right))
     _, r_left = jnp.linalg.qr(left)  # (q, q); ||L R|| = ||R_L R|| since Q_L has orthonormal columns
     return jnp.sum(jnp.square(r_left @ right))
+
+
+def _spectral_norms(x: jax.Array) -> jax.Array:
+    """Largest singular value of each matrix of ``x (m, n, p)`` (abo_jax.linalg.svd: the CPU-safe
+    SVD; ``jnp.linalg.norm(ord=2)`` would call jaxlib's SVD kernel, see abo_jax.linalg)."""
+    return jax.vmap(lambda a: svd(a, compute_uv=False)[0])(x)
 
 
 def _stacked(f: LoRAFactors, weights: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -530,8 +537,8 @@ def strong_to_weak_bound(clients: Any, weights: Any, broadcast: Any) -> PerLayer
         p, q = _per_client(pq.b, m, 2), _per_client(pq.a, m, 2)
         db = jnp.sqrt(jnp.sum(jnp.square(p - f.b), axis=(1, 2)))
         da = jnp.sqrt(jnp.sum(jnp.square(q - f.a), axis=(1, 2)))
-        q2 = jnp.linalg.norm(q, ord=2, axis=(1, 2))
-        b2 = jnp.linalg.norm(f.b, ord=2, axis=(1, 2))
+        q2 = _spectral_norms(q)
+        b2 = _spectral_norms(f.b)
         values.append(jnp.dot(weights.astype(f.b.dtype), jnp.square(db * q2 + b2 * da)))
     return _per_layer(values)
 

@@ -81,3 +81,37 @@ def test_svd_derivatives_match_jax_and_finite_differences(shape):
 def test_rejects_non_matrices():
     with pytest.raises(ValueError, match="one matrix"):
         svd(jnp.ones((2, 3, 4)))
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the callback path is CPU-only")
+def test_operators_and_round_metrics_never_call_the_jaxlib_svd_kernel():
+    import abo_jax
+    from theory.certify import available_operators
+    from theory.functionals import round_metrics
+
+    m, d, k, r = 4, 12, 10, 2
+    key_b, key_a = jax.random.split(jax.random.key(0))
+    clients = {
+        "l1": abo_jax.LoRAFactors(
+            b=jax.random.normal(key_b, (m, d, r)), a=jax.random.normal(key_a, (m, r, k))
+        )
+    }
+    weights = jnp.full((m,), 1.0 / m)
+    names = list(available_operators()) + ["hetlora", "rbla", "flexlora"]
+    for name in names:
+        factory = getattr(abo_jax, name)
+        abo = (
+            factory(np.array([1, 2, 2, 1]))
+            if name in ("hetlora", "rbla", "flexlora")
+            else factory()
+        )
+        state = abo.init(clients, key=jax.random.key(1))
+
+        def round_fn(c, w, s, abo=abo):
+            broadcast, _, _ = abo.aggregate(c, w, s)
+            return broadcast, round_metrics(c, w, broadcast)
+
+        runs = jax.vmap(round_fn, in_axes=(0, None, None))  # a run axis, as the simulator's
+        stacked = jax.tree.map(lambda x: jnp.stack([x, 2 * x]), clients)
+        text = jax.jit(runs).lower(stacked, weights, state).as_text()
+        assert "gesdd" not in text and "gesvd" not in text, name
