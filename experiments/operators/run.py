@@ -62,7 +62,7 @@ class OperatorsConfig:
     rank: int = 8
     hetero_ranks: tuple[int, ...] = (2, 4, 8)
     hidden: tuple[int, ...] = (200, 200)
-    batch_size: int = 64
+    batch_size: int = 8  # digits-sized (~144 examples per client; 64 gives 3 steps per epoch)
     lr: float = 0.01
     seeds: int = 3
     timing_repeats: int = 20
