@@ -54,7 +54,8 @@ class Simulation(NamedTuple):
     Attributes:
       init: ``init(key, data, *, weights=None, hparams=None, lora_scale=None) -> SimState``.
       round: jitted ``round(state, data, inputs=None) -> (state, metrics)``.
-      evaluate: jitted ``evaluate(state, x, y) -> {"accuracy", "loss"}`` of the global model.
+      evaluate: jitted ``evaluate(state, x, y, inputs=None) -> {"accuracy", "loss"}`` of the
+        global model; ``inputs`` is ``prepare_test(state, x)`` when available (else recomputed).
       prepare: ``prepare(state, data) -> inputs | None``: the per-example cache to pass to every
         round, or ``None`` when the round must recompute it (a base-correcting ABO, or
         ``precompute=False``).
@@ -62,6 +63,9 @@ class Simulation(NamedTuple):
         (the client axis split over devices); the identity without a mesh.
       round_step: the un-jitted round (for composing, e.g. under another vmap).
       num_runs: ``None`` or the size of the leading run axis.
+      prepare_test: ``prepare_test(state, x) -> inputs | None``: the model's per-example cache of
+        a test set ``x (n, ...)`` for :attr:`evaluate`, valid for the whole run under the same
+        conditions as ``prepare`` (``None`` otherwise).
       rounds: jitted ``rounds(state, data, inputs=None, *, num_rounds) -> (state, metrics)``:
         ``num_rounds`` rounds in one ``jax.lax.scan`` (one dispatch, the state carried in place),
         each metric stacked with a leading round axis; the same numbers as calling ``round`` that
@@ -76,6 +80,7 @@ class Simulation(NamedTuple):
     round_step: Callable[..., tuple[SimState, dict[str, jax.Array]]]
     num_runs: int | None = None
     rounds: Callable[..., tuple[SimState, dict[str, jax.Array]]] | None = None
+    prepare_test: Callable[..., Any] | None = None
 
 
 def global_trainable(clients: Trainable, weights: jax.Array, lora_scale: jax.Array) -> Trainable:
@@ -439,14 +444,15 @@ def make_simulation(
         )
         return new_state, metrics
 
-    def evaluate_one(state: SimState, x, y):
+    def evaluate_one(state: SimState, x, y, inputs=None):
+        if inputs is None:
+            inputs = model.prepare(state.frozen, x)
         if eval_mode == "global":
             trainable = global_trainable(state.clients, state.weights, state.lora_scale)
-            logits = model.apply(state.frozen, trainable, model.prepare(state.frozen, x), 1.0)
+            logits = model.apply(state.frozen, trainable, inputs, 1.0)
             loss = masked_cross_entropy(logits, y, jnp.ones(y.shape, bool))
             acc = jnp.mean((jnp.argmax(logits, -1) == y).astype(loss.dtype))
             return {"accuracy": acc, "loss": loss}
-        inputs = model.prepare(state.frozen, x)
 
         def one_client(trainable, scale):
             logits = model.apply(state.frozen, trainable, inputs, scale)
@@ -461,10 +467,15 @@ def make_simulation(
         round_step = round_one
         evaluate = evaluate_one
         prepare_runs = prepare_clients
+        prepare_test_runs = model.prepare
     else:
         round_step = jax.vmap(round_one, in_axes=(0, None, 0))
-        evaluate = jax.vmap(evaluate_one, in_axes=(0, None, None))
+
+        def evaluate(state, x, y, inputs=None):
+            return jax.vmap(evaluate_one, in_axes=(0, None, None, 0))(state, x, y, inputs)
+
         prepare_runs = jax.vmap(prepare_clients, in_axes=(0, None))
+        prepare_test_runs = jax.vmap(model.prepare, in_axes=(0, None))
 
     def round_entry(state, data, inputs=None):
         return round_step(state, data, inputs)
@@ -486,15 +497,20 @@ def make_simulation(
     rounds_jit = jax.jit(rounds_entry, static_argnames="num_rounds", donate_argnums=donate)
     evaluate_jit = jax.jit(evaluate)
     prepare_jit = jax.jit(prepare_runs)
+    prepare_test_jit = jax.jit(prepare_test_runs)
 
-    def prepare(state: SimState, data: ClientData):
+    def cache_is_fixed(state: SimState) -> bool:
         if not precompute or not model.caches:
-            return None
+            return False
         one = jax.tree.map(lambda x: x[0], state) if num_runs is not None else state
         bc, _, _ = jax.eval_shape(abo.aggregate, one.clients.lora, one.weights, one.abo_state)
-        if jax.tree.leaves(bc.base_delta):
-            return None  # the base moves: the round recomputes the cache from the new base
-        return prepare_jit(state.frozen, data.x)
+        return not jax.tree.leaves(bc.base_delta)  # else the base moves: recompute every round
+
+    def prepare(state: SimState, data: ClientData):
+        return prepare_jit(state.frozen, data.x) if cache_is_fixed(state) else None
+
+    def prepare_test(state: SimState, x):
+        return prepare_test_jit(state.frozen, x) if cache_is_fixed(state) else None
 
     def shard(tree, kind: Literal["state", "data", "inputs"]):
         if mesh is None or tree is None:
@@ -539,4 +555,5 @@ def make_simulation(
         round_step=round_step,
         num_runs=num_runs,
         rounds=rounds_jit,
+        prepare_test=prepare_test,
     )

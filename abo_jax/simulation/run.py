@@ -97,6 +97,8 @@ def run(
     data = sim.shard(data, "data")
     state = sim.shard(state, "state")
     inputs = sim.shard(sim.prepare(state, data), "inputs")
+    # the test set's per-example cache, once per run when the base does not move
+    test_inputs = None if sim.prepare_test is None else sim.prepare_test(state, x_test)
 
     def checkpoint(state):
         save_checkpoint(checkpoint_path, state, history=records)
@@ -107,7 +109,7 @@ def run(
             state, metrics = sim.round(state, data, inputs)
             record = {"round": np.asarray(r), **jax.device_get(metrics)}
             if r % eval_every == 0 or r == rounds:
-                ev = jax.device_get(sim.evaluate(state, x_test, y_test))
+                ev = jax.device_get(sim.evaluate(state, x_test, y_test, test_inputs))
                 record["test_accuracy"] = np.asarray(ev["accuracy"])
                 record["test_loss"] = np.asarray(ev["loss"])
                 bar.set_postfix(acc=f"{np.mean(ev['accuracy']):.4f}", refresh=False)

@@ -154,6 +154,7 @@ def test_base_delta_is_folded_and_cache_recomputed(rng, clients_fn):
     sim = aj.make_simulation(_model(), _merge_reset_abo(), batch_size=4, metrics_fn=_record_clients)
     state0 = sim.init(jax.random.key(3), data)
     assert sim.prepare(state0, data) is None  # the base moves, so no run-long cache
+    assert sim.prepare_test(state0, data.x[0]) is None  # nor a test-set cache
     state1, m1 = sim.round(state0, data)
     w = np.asarray(m1["weights"])
     for name, f in m1["clients"].items():
@@ -175,7 +176,12 @@ def test_precomputed_first_layer_gives_the_same_run(rng, clients_fn):
     for cache in (True, False):
         sim = aj.make_simulation(_model(cache_first_layer=cache), aj.product_sum(), batch_size=4)
         if cache:
-            assert sim.prepare(sim.init(jax.random.key(0), data), data)["h0"].shape == (3, 6, 5)
+            state0 = sim.init(jax.random.key(0), data)
+            assert sim.prepare(state0, data)["h0"].shape == (3, 6, 5)
+            cached = sim.prepare_test(state0, test[0])  # what run() passes to every evaluate
+            assert cached["h0"].shape == (6, 5)
+            ev = sim.evaluate(state0, *test, cached)
+            jax.tree.map(np.testing.assert_array_equal, ev, sim.evaluate(state0, *test))
         runs[cache], _ = aj.run(sim, data, test, rounds=3, key=jax.random.key(4), progress=False)
     np.testing.assert_allclose(runs[True]["test_loss"], runs[False]["test_loss"], rtol=1e-12)
 
@@ -189,6 +195,13 @@ def test_runs_axis_equals_independent_runs(rng, clients_fn):
     sim2 = aj.make_simulation(_model(), aj.product_sum(), optimizer=opt, batch_size=4, num_runs=2)
     hist2, _ = aj.run(sim2, data, test, rounds=3, key=keys, hparams={"lr": lrs}, progress=False)
     assert hist2["test_loss"].shape == (3, 2)
+    state2 = sim2.init(keys, data, hparams={"lr": lrs})
+    cached = sim2.prepare_test(state2, test[0])
+    jax.tree.map(
+        np.testing.assert_array_equal,
+        sim2.evaluate(state2, *test),
+        sim2.evaluate(state2, *test, cached),
+    )
     sim1 = aj.make_simulation(_model(), aj.product_sum(), optimizer=opt, batch_size=4)
     for s in range(2):
         hist1, _ = aj.run(
