@@ -138,8 +138,9 @@ def _run_cell(cell: dict, cfg: OperatorsConfig) -> dict:
         eval_mode="personalized" if name in PERSONALIZED else "global",
     )
     t0 = time.perf_counter()
-    # Seeds in turn through one compiled round (the run axis batches SP's CPU LAPACK calls,
-    # which hung on the 2-core test machine).
+    # Seeds in turn through one compiled round. (They once hung on a run axis; the cause was
+    # jaxlib's CPU SVD kernel, now avoided by abo_jax.linalg.svd. On CPU a run axis costs the sum
+    # of the single runs anyway.)
     hists = []
     for seed in range(cfg.seeds):
         hist, state = run(

@@ -156,8 +156,9 @@ def constants(run, eta):
 def run_at(op, etas, rounds):
     """{eta: run} at several step sizes; eta is a traced argument, so they share one compiled program.
 
-    A loop rather than problems.run_sweep (a vmap over eta): batched SVDs running concurrently were
-    seen to deadlock jaxlib 0.10.2's CPU LAPACK thread pool on a 2-core machine.
+    A loop rather than problems.run_sweep (a vmap over eta): written when SVDs running
+    concurrently deadlocked jaxlib's CPU SVD kernel on a 2-core machine (abo_jax.linalg.svd now
+    avoids that kernel; see the README's "Versions").
     """
     return {
         float(e): problems.run_federated(
