@@ -312,7 +312,8 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
     return path
 
 
-def _fmt(v: Any, spec: str | None) -> str:
+def format_cell(v: Any, spec: str | None) -> str:
+    """One table cell: ``-`` for None, ``spec`` for numbers, 4 significant digits for floats."""
     if v is None:
         return "-"
     if spec and isinstance(v, (int, float, np.number)):
@@ -325,7 +326,7 @@ def _fmt(v: Any, spec: str | None) -> str:
 def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str, str | None]]):
     """A plain-text table; ``columns`` is a list of ``(key, header, format spec or None)``."""
     cells = [[header for _, header, _ in columns]]
-    cells += [[_fmt(row.get(key), spec) for key, _, spec in columns] for row in rows]
+    cells += [[format_cell(row.get(key), spec) for key, _, spec in columns] for row in rows]
     widths = [max(len(r[j]) for r in cells) for j in range(len(columns))]
     lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))

@@ -98,3 +98,18 @@ def test_code_fingerprint_follows_names_and_contents(tmp_path):
     assert edited != first
     (pkg / "sub" / "b.py").rename(pkg / "c.py")
     assert common.code_fingerprint(pkg) not in (first, edited)
+
+
+def test_report_renders_every_benchmark_with_its_own_columns():
+    from experiments.bench import report
+    from experiments.bench.__main__ import BENCHMARKS
+
+    for name in BENCHMARKS:
+        tables = report._tables(name)
+        row = {key: 1.5 for _, columns in tables for key, _, _ in columns}
+        text = report.section(name, {"rows": [row], "summary": [row], "targets": {"t": True}})
+        for _, columns in tables:
+            header = "| " + " | ".join(h for _, h, _ in columns) + " |"
+            assert header in text, name
+        assert '{"t": true}' in text
+    assert report.section("memory", {"skipped": "no torch"}).endswith("skipped: no torch\n")
