@@ -5,6 +5,7 @@ import csv
 import numpy as np
 import pytest
 
+from experiments.common.io import read_json
 from experiments.common.plotting import is_valid_png
 from experiments.operators.run import get_quick_config as operators_quick
 from experiments.operators.run import main as operators_main
@@ -23,11 +24,21 @@ def test_operators_quick(tmp_path):
     for r in rows:
         assert 0.0 <= float(r["final_mean"]) <= 100.0
         assert float(r["bytes_up_per_round"]) > 0 and float(r["server_ms"]) > 0
-    # PS broadcasts the factor averages: zero strong mismatch beyond the optimum is not asserted
-    # here, but its weak mismatch is at least SP's (SP is the best rank-r broadcast for R_w).
-    assert float(by_op["sum_product"]["weak_mismatch"]) <= float(
-        by_op["product_sum"]["weak_mismatch"]
-    ) * (1 + 1e-4)
+    # Round 1 starts every operator from the same model, keys and sampled clients, so both see the
+    # same trained factors; SP's broadcast is the best rank-r one for R_w (identity 3): R_w(SP) <=
+    # R_w(PS) there. (Later rounds follow different trajectories, so their means are not compared.)
+    first_round = {}
+    for path in (result["folder"] / "cells").glob("*.json"):
+        rec = read_json(path)
+        if rec["cell"]["partition"] == "dirichlet" and rec["cell"]["op"] in (
+            "sum_product",
+            "product_sum",
+        ):
+            first_round[rec["cell"]["op"]] = np.asarray(rec["result"]["mismatch"]["weak_mismatch"])[
+                :, 0
+            ]
+    assert np.all(first_round["sum_product"] <= first_round["product_sum"] * (1 + 1e-5))
+    assert np.all(first_round["product_sum"] > 0)
     # Heterogeneous ranks send fewer bytes than the full-rank operators.
     assert float(by_op["hetlora"]["bytes_up_per_round"]) < float(
         by_op["product_sum"]["bytes_up_per_round"]
