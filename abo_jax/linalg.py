@@ -26,32 +26,17 @@ import numpy as np
 __all__ = ["svd"]
 
 
-def _host_svd(x: np.ndarray, compute_uv: bool):
+def _host_svd(x: np.ndarray):
     """numpy's thin SVD of a stack ``(..., n, p)``; NaNs (not an error) when LAPACK fails."""
     x = np.asarray(x)
     try:
-        out = np.linalg.svd(x, full_matrices=False, compute_uv=compute_uv)
+        out = np.linalg.svd(x, full_matrices=False)
     except np.linalg.LinAlgError:  # non-finite input: NaNs, as jnp.linalg.svd gives
         n, p = x.shape[-2:]
         q = min(n, p)
         nan = lambda *shape: np.full(x.shape[:-2] + shape, np.nan, x.dtype)
-        out = (nan(n, q), nan(q), nan(q, p)) if compute_uv else nan(q)
-    if compute_uv:
-        return tuple(np.asarray(a, x.dtype) for a in out)
-    return np.asarray(out, x.dtype)
-
-
-def _svd_primal(x: jax.Array, compute_uv: bool):
-    if jax.default_backend() != "cpu":
-        out = jnp.linalg.svd(x, full_matrices=False, compute_uv=compute_uv)
-        return tuple(out) if compute_uv else out
-    n, p = x.shape[-2:]
-    q = min(n, p)
-    spec = lambda *shape: jax.ShapeDtypeStruct(x.shape[:-2] + shape, x.dtype)
-    shapes = (spec(n, q), spec(q), spec(q, p)) if compute_uv else spec(q)
-    return jax.pure_callback(
-        lambda a: _host_svd(a, compute_uv), shapes, x, vmap_method="expand_dims"
-    )
+        out = (nan(n, q), nan(q), nan(q, p))
+    return tuple(np.asarray(a, x.dtype) for a in out)
 
 
 def _t(x):
@@ -86,7 +71,13 @@ def _svd_tangents(x, dx, u, s, vt):
 
 @jax.custom_jvp
 def _svd(x):
-    return _svd_primal(x, True)
+    if jax.default_backend() != "cpu":
+        return tuple(jnp.linalg.svd(x, full_matrices=False))
+    n, p = x.shape[-2:]
+    q = min(n, p)
+    spec = lambda *shape: jax.ShapeDtypeStruct(x.shape[:-2] + shape, x.dtype)
+    shapes = (spec(n, q), spec(q), spec(q, p))
+    return jax.pure_callback(_host_svd, shapes, x, vmap_method="expand_dims")
 
 
 @_svd.defjvp
@@ -94,18 +85,6 @@ def _svd_jvp(primals, tangents):
     (x,), (dx,) = primals, tangents
     u, s, vt = _svd(x)
     return (u, s, vt), _svd_tangents(x, dx, u, s, vt)
-
-
-@jax.custom_jvp
-def _svdvals(x):
-    return _svd_primal(x, False)
-
-
-@_svdvals.defjvp
-def _svdvals_jvp(primals, tangents):
-    (x,), (dx,) = primals, tangents
-    u, s, vt = _svd(x)
-    return s, jnp.diagonal(_t(u) @ dx @ _t(vt))
 
 
 def svd(x: jax.Array, compute_uv: bool = True):
@@ -120,4 +99,5 @@ def svd(x: jax.Array, compute_uv: bool = True):
     """
     if jnp.ndim(x) != 2:
         raise ValueError(f"svd: expected one matrix (n, p), got shape {jnp.shape(x)}; vmap it")
-    return _svd(x) if compute_uv else _svdvals(x)
+    u, s, vt = _svd(x)
+    return (u, s, vt) if compute_uv else s

@@ -31,6 +31,7 @@ from experiments.common.plotting import curves_with_band, plt, save
 from experiments.common.progress import log
 from experiments.common.stats import mean_ci
 from theory.certify import KNOWN_OPERATORS
+from theory.functionals import round_metrics
 
 __all__ = ["OperatorsConfig", "get_config", "get_quick_config", "run_operators", "main"]
 
@@ -113,12 +114,6 @@ def _make_abo(name: str, cfg: OperatorsConfig):
     return factory()
 
 
-def _metrics_fn(clients, weights, broadcast):
-    from theory.functionals import round_metrics
-
-    return round_metrics(clients, weights, broadcast)
-
-
 def _run_cell(cell: dict, cfg: OperatorsConfig) -> dict:
     limit_blas_threads(1)
     name, partition = cell["op"], cell["partition"]
@@ -133,7 +128,7 @@ def _run_cell(cell: dict, cfg: OperatorsConfig) -> dict:
         local_epochs=cfg.epochs,
         batch_size=cfg.batch_size,
         sampling=uniform_sampling(cfg.clients_per_round),
-        metrics_fn=None if full else _metrics_fn,
+        metrics_fn=None if full else round_metrics,
         client_ranks=_client_ranks(cfg) if name in HETERO else None,
         eval_mode="personalized" if name in PERSONALIZED else "global",
     )

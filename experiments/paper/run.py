@@ -32,6 +32,7 @@ from experiments.common.progress import log
 from experiments.common.stats import mean_ci
 from experiments.paper.claim import claim_verdict, format_verdict
 from experiments.paper.config import PaperConfig, get_config, get_quick_config
+from theory.functionals import round_metrics
 
 __all__ = [
     "OPERATORS",
@@ -136,8 +137,6 @@ class _DataCache:
 
 
 def _metrics_fn(clients, weights, broadcast):
-    from theory.functionals import round_metrics
-
     out = round_metrics(clients, weights, broadcast)
     return {name: out[name + "_layers"] for name in MISMATCH_TERMS.values()}
 
