@@ -178,6 +178,7 @@ def make_simulation(
     max_traces: int | None = None,
     train_only_sampled: bool = True,
     donate_state: bool = False,
+    client_chunk: int | None = None,
 ) -> Simulation:
     """Builds a federated simulator for ``model`` aggregated by any ABO.
 
@@ -230,6 +231,12 @@ def make_simulation(
         can write the next state in place (less peak memory per client). The state passed in is
         then deleted: always continue from the returned state, as :func:`abo_jax.run` does, and
         never call ``round`` twice on the same state. Same numbers either way.
+      client_chunk: train the clients in groups of this many, one group after another
+        (``lax.map`` over groups, ``jax.vmap`` within), instead of all at once; with a ``mesh``,
+        groups of each device's share. Bounds the activations held at once to a group's (peak
+        memory) and, on CPU, keeps them in cache: the digits-sized MLP with 1000 clients trains
+        about 1.3x faster in groups of 125 (``experiments/bench/vmap_vs_loop.py``); for a few
+        large clients it is slower. The same numbers up to float32 rounding.
 
     Returns:
       A :class:`Simulation`.
@@ -247,9 +254,12 @@ def make_simulation(
         raise ValueError(f"eval_mode must be 'global' or 'personalized', got {eval_mode!r}")
     if num_runs is not None and int(num_runs) <= 0:
         raise ValueError(f"num_runs must be positive, got {num_runs}")
+    if client_chunk is not None and int(client_chunk) <= 0:
+        raise ValueError(f"client_chunk must be positive or None, got {client_chunk}")
     if mesh is not None and CLIENT_AXIS not in mesh.axis_names:
         raise ValueError(f"mesh: needs an axis named {CLIENT_AXIS!r}, got {mesh.axis_names}")
     local_epochs, batch_size = int(local_epochs), int(batch_size)
+    client_chunk = None if client_chunk is None else int(client_chunk)
     sampling = full_participation() if sampling is None else sampling
     optimizer = paper_sgd() if optimizer is None else optimizer
     make_optimizer = optimizer if callable(optimizer) and not hasattr(optimizer, "update") else None
@@ -353,6 +363,41 @@ def make_simulation(
         sharding = NamedSharding(mesh, P(*([None] * axis), CLIENT_AXIS))
         return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, sharding), tree)
 
+    def train_clients(train, per_client):
+        """``jax.vmap(train)`` over the client axis, or in groups of ``client_chunk`` clients.
+
+        Groups run one after another (``lax.map``), each vmapped. With a mesh, groups are formed
+        inside every device's share of the clients, so each device trains its own groups and the
+        client axis stays sharded. A last short group is filled with copies of real clients whose
+        results are dropped (no NaN, no effect on the others).
+        """
+        m = jax.tree.leaves(per_client)[0].shape[0]
+        shards = 1 if mesh is None else mesh.shape[CLIENT_AXIS]
+        if m % shards:  # a gathered subset that does not split evenly: groups over all of it
+            shards = 1
+        per_shard = m // shards
+        if client_chunk is None or client_chunk >= per_shard:
+            return jax.vmap(train)(*per_client)
+        size = client_chunk
+        groups = -(-per_shard // size)
+        pad = groups * size - per_shard
+
+        def split(x):  # (m, ...) -> (groups, shards * size, ...), device-major in axis 1
+            x = x.reshape(shards, per_shard, *x.shape[1:])
+            if pad:
+                x = jnp.concatenate([x, x[:, :pad]], axis=1)
+            x = x.reshape(shards, groups, size, *x.shape[2:]).swapaxes(0, 1)
+            x = x.reshape(groups, shards * size, *x.shape[3:])
+            return constrain(x, 1) if shards > 1 else x
+
+        def merge(x):  # the inverse of split, padding dropped
+            x = x.reshape(groups, shards, size, *x.shape[2:]).swapaxes(0, 1)
+            x = x.reshape(shards, groups * size, *x.shape[3:])[:, :per_shard]
+            return x.reshape(m, *x.shape[2:])
+
+        out = jax.lax.map(lambda group: jax.vmap(train)(*group), jax.tree.map(split, per_client))
+        return jax.tree.map(merge, out)
+
     def round_one(state: SimState, data: ClientData, inputs=None):
         m = data.y.shape[0]
         keys = jax.random.split(state.key, m + 2)  # one PRNG kernel for every purpose
@@ -393,7 +438,7 @@ def make_simulation(
         )
         count = sampling.count if train_only_sampled else None
         if count is None or count >= m:
-            update = jax.vmap(train)(*per_client)
+            update = train_clients(train, per_client)
 
             def keep(new, old):
                 shape = (m,) + (1,) * (new.ndim - 1)
@@ -403,7 +448,7 @@ def make_simulation(
             # Train only the `count` sampled clients (fixed count: fixed shapes), each with the key
             # it would have had anyway, and scatter the results back.
             chosen = jnp.argsort(jnp.logical_not(taking_part), stable=True)[:count]
-            update = jax.vmap(train)(*jax.tree.map(lambda x: x[chosen], per_client))
+            update = train_clients(train, jax.tree.map(lambda x: x[chosen], per_client))
 
             def keep(new, old):
                 return old.at[chosen].set(new)

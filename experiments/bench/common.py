@@ -354,12 +354,42 @@ def print_report(title: str, config: Any, env: Mapping[str, Any], table: str, no
 
 
 def bench_parser(description: str) -> argparse.ArgumentParser:
-    """The CLI every benchmark shares: ``--quick``, ``--out DIR``, ``--reps N``."""
+    """The CLI every benchmark shares: ``--quick``, ``--out DIR``, ``--reps N``, ``--host-devices N``."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--quick", action="store_true", help="tiny sizes: checks it runs (no figures)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for the JSON result")
     p.add_argument("--reps", type=int, default=None, help="timed repetitions per variant")
+    p.add_argument(
+        "--host-devices",
+        type=int,
+        default=1,
+        help="run with this many JAX CPU devices (jax_num_cpu_devices); rounds that take a mesh"
+        " also run sharded over them",
+    )
     return p
+
+
+def use_host_devices(n: int) -> int:
+    """Asks JAX for ``n`` CPU devices (``jax_num_cpu_devices``); returns the device count it sees.
+
+    Must run before JAX's first computation in the process; if JAX has already started with fewer
+    devices, raises with a message saying so. No-op for ``n <= 1``.
+    """
+    if n > 1:
+        try:
+            jax.config.update("jax_num_cpu_devices", n)
+        except RuntimeError as err:
+            if jax.device_count() < n:
+                raise RuntimeError(
+                    f"--host-devices {n}: JAX already runs with {jax.device_count()} device(s);"
+                    " the option must take effect before any JAX computation"
+                ) from err
+    return jax.device_count()
+
+
+def mesh_devices(m: int) -> int:
+    """The most devices (of ``jax.devices()``) a mesh over ``m`` clients can use: a divisor of m."""
+    return max(d for d in range(1, jax.device_count() + 1) if m % d == 0)
 
 
 def bench_main(
@@ -388,6 +418,7 @@ def bench_main(
         holds ``skipped`` with the message instead of results.
     """
     args = bench_parser(bench.__doc__.splitlines()[0]).parse_args(argv)
+    use_host_devices(args.host_devices)
     config = bench.get_config(args.quick)
     out: dict[str, Any] = {"benchmark": bench.NAME, "quick": args.quick, "config": asdict(config)}
     path = args.out / f"{bench.NAME}.json"

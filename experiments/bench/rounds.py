@@ -67,7 +67,9 @@ def describe(impl: str | None) -> str:
 # ---- the simulator ------------------------------------------------------------------------------
 
 
-def sim_parts(spec: W.RoundSpec, *, mesh=None, abo=None, donate_state: bool = False):
+def sim_parts(
+    spec: W.RoundSpec, *, mesh=None, abo=None, donate_state: bool = False, client_chunk=None
+):
     """``(model, optimizer, sim)`` for ``spec`` (paper MLP, PS, paper SGD)."""
     model = abo_jax.paper_mlp(
         spec.sizes[0], spec.sizes[1:-1], spec.sizes[-1], ranks=spec.ranks, dtype=spec.dtype
@@ -81,6 +83,7 @@ def sim_parts(spec: W.RoundSpec, *, mesh=None, abo=None, donate_state: bool = Fa
         batch_size=spec.batch,
         mesh=mesh,
         donate_state=donate_state,
+        client_chunk=client_chunk,
     )
     return model, opt, sim
 
@@ -96,10 +99,16 @@ def client_data(problem: W.Problem):
 
 
 def sim_setup(
-    spec: W.RoundSpec, problem: W.Problem, *, mesh=None, seed: int = 0, donate: bool = False
+    spec: W.RoundSpec,
+    problem: W.Problem,
+    *,
+    mesh=None,
+    seed: int = 0,
+    donate: bool = False,
+    client_chunk: int | None = None,
 ):
     """``(model, opt, sim, state, data, inputs)``, placed on ``mesh`` when given."""
-    model, opt, sim = sim_parts(spec, mesh=mesh, donate_state=donate)
+    model, opt, sim = sim_parts(spec, mesh=mesh, donate_state=donate, client_chunk=client_chunk)
     data = client_data(problem)
     state = sim.init(jax.random.key(seed), data)
     data = sim.shard(data, "data")
@@ -200,6 +209,51 @@ def _sim_harness(spec: W.RoundSpec, problem: W.Problem, seed: int) -> Harness:
     return Harness(
         "sim", sim.round, (state, data, inputs), loop_update, loop_step, check, global_of, scanned
     )
+
+
+class Variant(NamedTuple):
+    """One configuration of the simulator's round (see :func:`sim_variant`)."""
+
+    name: str
+    thunk: Callable[[], Any]  # one round
+    compile_s: float
+    scanned: Callable[[int], tuple[Callable[[], Any], float]]  # as Harness.scanned
+    max_abs_diff: float  # |global model - the plain one-device round's| after one round
+
+
+def sim_variant(
+    spec: W.RoundSpec,
+    problem: W.Problem,
+    *,
+    devices: int = 1,
+    client_chunk: int | None = None,
+    seed: int = 0,
+) -> Variant:
+    """The simulator's round over a mesh of the first ``devices`` JAX devices, in client groups.
+
+    ``devices = 1``: no mesh. The result is compared with the plain round (one device, all clients
+    at once) on the same state, so every variant is known to compute the same numbers.
+    """
+    from jax.sharding import Mesh
+
+    mesh = Mesh(np.array(jax.devices()[:devices]), ("clients",)) if devices > 1 else None
+    *_, sim, state, data, inputs = sim_setup(
+        spec, problem, mesh=mesh, seed=seed, client_chunk=client_chunk
+    )
+    thunk, compiled, seconds = common.compiled_thunk(sim.round, state, data, inputs)
+    *_, plain, p_state, p_data, p_inputs = sim_setup(spec, problem, seed=seed)
+    ours = jax.tree.map(lambda v: v[0], compiled(state, data, inputs)[0].clients)
+    ref = jax.tree.map(lambda v: v[0], plain.round(p_state, p_data, p_inputs)[0].clients)
+
+    def scanned(num_rounds):
+        run_r, _, secs = common.compiled_thunk(
+            partial(sim.rounds, num_rounds=num_rounds), state, data, inputs
+        )
+        return run_r, secs
+
+    name = f"{devices} device{'s' if devices > 1 else ''}"
+    name += f", groups of {client_chunk}" if client_chunk else ", all clients at once"
+    return Variant(name, thunk, seconds, scanned, max_abs_diff(ours, ref))
 
 
 def _sim_server(stacked, *, weights):

@@ -11,8 +11,16 @@ Many small clients (20 samples each, batch 10, one local epoch, the digits-sized
 * ``sim.rounds``: several vmapped rounds in one jitted ``lax.scan`` (time per round): what a run of
   many rounds can use; the targets are judged on the single round.
 
+The simulator's round runs in up to three configurations per ``m`` (rows of the table), each checked
+against the plain one: one device with all clients at once; one device in client groups of
+``client_chunk`` (``make_simulation(client_chunk=...)``: a group's activations stay in cache);
+and, with ``--host-devices N`` (N JAX CPU devices, so the cores run devices' work side by side),
+sharded over as many devices as divide ``m``, in groups of ``mesh_client_chunk`` per device. In a
+process with several CPU devices JAX runs one-device work somewhat slower (the loops included), so
+compare the loops of a one-device run with the sharded round as well (RESULTS.md does).
+
 Also times square matmuls (best of 512, 1024, 2048) in the same run for the FLOP/s reference.
-Run: ``python -m experiments.bench.vmap_vs_loop [--quick] [--out DIR]``.
+Run: ``python -m experiments.bench.vmap_vs_loop [--quick] [--out DIR] [--host-devices N]``.
 Targets (issue 7), CPU, ``m = 1000``: >= 5x vs (a), >= 10x vs (b), vmapped FLOP/s >= half of matmul.
 """
 
@@ -37,14 +45,49 @@ class Config:
     matmul_sizes: tuple[int, ...] = (512, 1024, 2048)  # reference: the best of these
     reps: int = 5
     scanned_rounds: int = 5  # also time sim.rounds (this many rounds in one call), per round
+    client_chunk: int | None = 125  # also time the round in client groups of this many
+    mesh_client_chunk: int | None = 25  # with --host-devices: groups of this many per device
     seed: int = 0
 
 
 def get_config(quick: bool = False) -> Config:
     if quick:
         spec = W.TINY
-        return Config(clients=(4,), spec=spec, matmul_sizes=(128,), reps=2, scanned_rounds=2)
+        return Config(
+            clients=(4,),
+            spec=spec,
+            matmul_sizes=(128,),
+            reps=2,
+            scanned_rounds=2,
+            client_chunk=3,
+            mesh_client_chunk=1,
+        )
     return Config()
+
+
+def variants(config: Config, spec: W.RoundSpec, problem: W.Problem, h: R.Harness, vmapped):
+    """The round configurations timed at this ``m``: name -> (thunk, scanned, compile s, diff).
+
+    Always the harness's round (``vmapped``: one device, all clients at once); with the simulator
+    also the round in client groups of ``config.client_chunk`` and, when JAX has several devices
+    (``--host-devices``), sharded over as many as divide ``m`` in groups of
+    ``config.mesh_client_chunk`` per device.
+    """
+    m = spec.clients
+    out = {"1 device, all clients at once": (vmapped, h.scanned, None, 0.0)}
+    if h.impl != "sim":
+        return out
+    wanted = []
+    if config.client_chunk and config.client_chunk < m:
+        wanted.append((1, config.client_chunk))
+    devices = common.mesh_devices(m)
+    if devices > 1:
+        chunk = config.mesh_client_chunk
+        wanted.append((devices, chunk if chunk and chunk < m // devices else None))
+    for devices, chunk in wanted:
+        v = R.sim_variant(spec, problem, devices=devices, client_chunk=chunk, seed=config.seed)
+        out[v.name] = (v.thunk, v.scanned, v.compile_s, v.max_abs_diff)
+    return out
 
 
 def run(config: Config, reps: int | None = None) -> dict:
@@ -57,24 +100,32 @@ def run(config: Config, reps: int | None = None) -> dict:
         h = R.make_harness(spec, problem, seed=config.seed)
         impl = h.impl
         vmapped, _, vm_c = common.compiled_thunk(h.vmapped, *h.vmapped_args)
-        check = {"a_vs_vmapped_max_abs": h.check()}
-        thunks = {"vmapped": vmapped, "loop_update": h.loop_update, "loop_step": h.loop_step}
-        scanned = {}
-        if h.scanned is not None and config.scanned_rounds:
-            thunks["scanned"], scanned["compile_s"] = h.scanned(config.scanned_rounds)
+        found = variants(config, spec, problem, h, vmapped)
+        thunks = {"loop_update": h.loop_update, "loop_step": h.loop_step}
+        compile_s = {}
+        for name, (thunk, scanned, c, _) in found.items():
+            thunks[name] = thunk
+            compile_s[name] = vm_c if c is None else c
+            if scanned is not None and config.scanned_rounds:
+                thunks[f"{name} (sim.rounds)"], compile_s[f"{name} (sim.rounds)"] = scanned(
+                    config.scanned_rounds
+                )
+        a_check = h.check()
         print(f"  vmap_vs_loop: m={m} ...", file=sys.stderr, flush=True)
         t, mm = common.time_with_matmul(thunks, config.matmul_sizes, reps=reps)
         peak = mm["gflops"] * 1e9
         flops = W.round_flops(spec)
-        tv = t["vmapped"].median_s
-        rows.append(
-            {
+        ta, tb = t["loop_update"].median_s, t["loop_step"].median_s
+        for name, (*_, diff) in found.items():
+            tv = t[name].median_s
+            row = {
                 "m": m,
+                "variant": name,
                 "vmapped_s": tv,
-                "loop_update_s": t["loop_update"].median_s,
-                "loop_step_s": t["loop_step"].median_s,
-                "speedup_a": t["loop_update"].median_s / tv,
-                "speedup_b": t["loop_step"].median_s / tv,
+                "loop_update_s": ta,
+                "loop_step_s": tb,
+                "speedup_a": ta / tv,
+                "speedup_b": tb / tv,
                 "matmul_gflops": peak / 1e9,
                 "matmul": mm,
                 "vmapped_gflops_naive": flops["naive"] / tv / 1e9,
@@ -82,33 +133,35 @@ def run(config: Config, reps: int | None = None) -> dict:
                 "frac_matmul_naive": flops["naive"] / tv / peak,
                 "frac_matmul_unavoidable": flops["unavoidable"] / tv / peak,
                 "flops": flops,
-                "compile_s": {"vmapped": vm_c, "scanned": scanned.get("compile_s")},
+                "compile_s": compile_s,
                 "times_s": common.times_of(t),
-                **check,
+                "a_vs_vmapped_max_abs": a_check,
+                "variant_vs_plain_max_abs": diff,
             }
-        )
-        if scanned:  # R rounds in one sim.rounds call: time per round
-            ts = t["scanned"].median_s / config.scanned_rounds
-            rows[-1].update(
-                scanned_s=ts,
-                speedup_a_scanned=t["loop_update"].median_s / ts,
-                speedup_b_scanned=t["loop_step"].median_s / ts,
-            )
-    last = rows[-1]
+            key = f"{name} (sim.rounds)"
+            if key in t:  # R rounds in one sim.rounds call: time per round
+                ts = t[key].median_s / config.scanned_rounds
+                row.update(scanned_s=ts, speedup_a_scanned=ta / ts, speedup_b_scanned=tb / ts)
+            rows.append(row)
     targets = None
-    if last["m"] == 1000:
+    if config.clients[-1] == 1000:
         targets = {
-            "m1000_ge_5x_vs_a": last["speedup_a"] >= 5,
-            "m1000_ge_10x_vs_b": last["speedup_b"] >= 10,
-            "m1000_vmapped_ge_half_matmul_naive": last["frac_matmul_naive"] >= 0.5,
-            "m1000_vmapped_ge_half_matmul_unavoidable": last["frac_matmul_unavoidable"] >= 0.5,
+            row["variant"]: {
+                "ge_5x_vs_a": row["speedup_a"] >= 5,
+                "ge_10x_vs_b": row["speedup_b"] >= 10,
+                "ge_half_matmul_naive": row["frac_matmul_naive"] >= 0.5,
+                "ge_half_matmul_unavoidable": row["frac_matmul_unavoidable"] >= 0.5,
+            }
+            for row in rows
+            if row["m"] == 1000
         }
     return {"rows": rows, "targets": targets, "round_impl": impl}
 
 
 COLUMNS = [
     ("m", "m", None),
-    ("vmapped_s", "vmapped [s]", ".3g"),
+    ("variant", "round", None),
+    ("vmapped_s", "round [s]", ".3g"),
     ("loop_update_s", "(a) loop/update [s]", ".3g"),
     ("loop_step_s", "(b) loop/step [s]", ".3g"),
     ("speedup_a", "vs (a)", ".1f"),
@@ -116,10 +169,10 @@ COLUMNS = [
     ("scanned_s", "sim.rounds [s/round]", ".3g"),
     ("speedup_a_scanned", "vs (a), scanned", ".1f"),
     ("speedup_b_scanned", "vs (b), scanned", ".1f"),
-    ("vmapped_gflops_naive", "GFLOP/s naive", ".1f"),
     ("vmapped_gflops_unavoidable", "GFLOP/s unavoid.", ".1f"),
     ("matmul_gflops", "matmul GFLOP/s", ".1f"),
     ("frac_matmul_naive", "naive/matmul", ".2f"),
+    ("frac_matmul_unavoidable", "unavoid./matmul", ".2f"),
 ]
 
 

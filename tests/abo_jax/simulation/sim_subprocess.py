@@ -57,14 +57,17 @@ def shard(out):
     data, test = problem(8)
     model = aj.paper_mlp(6, (5, 4), 3, ranks=2, dtype=jnp.float64)
     mesh = jax.sharding.Mesh(np.array(jax.devices()), ("clients",))
+    two = jax.sharding.Mesh(np.array(jax.devices()[:2]), ("clients",))
     results = {}
-    for name, m in (("one", None), ("sharded", mesh)):
-        sim = aj.make_simulation(model, aj.sum_product(), batch_size=4, mesh=m)
+    # "chunked": 4 clients per device in groups of 3 (a last group filled with copies).
+    for name, m, chunk in (("one", None, None), ("sharded", mesh, None), ("chunked", two, 3)):
+        sim = aj.make_simulation(model, aj.sum_product(), batch_size=4, mesh=m, client_chunk=chunk)
         hist, state = aj.run(sim, data, test, rounds=2, key=jax.random.key(3), progress=False)
         if m is not None:
             b = state.clients.lora["dense_1"].b
-            assert len(b.sharding.device_set) == 8, b.sharding
-            assert b.addressable_shards[0].data.shape[0] == 1, b.addressable_shards[0].data.shape
+            devices = m.devices.size
+            assert len(b.sharding.device_set) == devices, b.sharding
+            assert b.addressable_shards[0].data.shape[0] == 8 // devices, b.sharding
         results.update({f"{name}/{k}": v for k, v in hist.items()})
         leaves = jax.tree.leaves((state.frozen, state.clients))
         results.update({f"{name}/state{i}": np.asarray(x) for i, x in enumerate(leaves)})

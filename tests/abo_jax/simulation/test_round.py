@@ -302,3 +302,37 @@ def test_scanned_rounds_equal_repeated_rounds(rng, clients_fn, donate):
         close(value, np.stack([m[name] for m in per_round]))
     with pytest.raises(ValueError, match="num_rounds"):
         sim.rounds(copy(start), data, inputs, num_rounds=0)
+
+
+@pytest.mark.parametrize(
+    "sampling, chunk, runs",
+    [
+        (None, 3, None),  # 7 clients in groups 3 + 3 + 1 (+ 2 filler copies)
+        (None, 1, None),
+        (None, 7, None),  # one group: the plain vmap
+        ("uniform", 2, None),  # train_only_sampled: 5 gathered clients in groups of 2
+        (None, 4, 2),  # under the runs axis
+    ],
+)
+def test_client_chunk_equals_all_clients_at_once(rng, clients_fn, sampling, chunk, runs):
+    # Groups change only how the per-client work is batched, never what a client computes.
+    data = clients_fn(rng, [6, 4, 5, 7, 3, 8, 5], FEAT, CLASSES)
+    kw = dict(
+        batch_size=4,
+        local_epochs=2,
+        reset_optimizer=False,
+        sampling=aj.uniform_sampling(5) if sampling else None,
+        num_runs=runs,
+        metrics_fn=_record_clients,
+    )
+    key = jax.random.key(8) if runs is None else jax.random.split(jax.random.key(8), runs)
+    states = []
+    for c in (None, chunk):
+        sim = aj.make_simulation(_model(), aj.sum_product(), client_chunk=c, **kw)
+        state = sim.init(key, data)
+        state, metrics = sim.rounds(state, data, sim.prepare(state, data), num_rounds=2)
+        states.append((state.frozen, state.clients, state.opt_state, metrics))
+    close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)  # noqa: E731
+    jax.tree.map(close, states[1], states[0])
+    with pytest.raises(ValueError, match="client_chunk"):
+        aj.make_simulation(_model(), aj.product_sum(), client_chunk=0)

@@ -3,6 +3,7 @@
 import json
 import math
 
+import jax
 import numpy as np
 import pytest
 
@@ -113,3 +114,11 @@ def test_report_renders_every_benchmark_with_its_own_columns():
             assert header in text, name
         assert '{"t": true}' in text
     assert report.section("memory", {"skipped": "no torch"}).endswith("skipped: no torch\n")
+
+
+def test_use_host_devices_after_jax_started_says_so():
+    jax.numpy.zeros(1).block_until_ready()  # JAX has started with the default device count
+    assert common.use_host_devices(1) == jax.device_count()
+    with pytest.raises(RuntimeError, match="--host-devices"):
+        common.use_host_devices(jax.device_count() + 1)
+    assert common.mesh_devices(7) == (7 if jax.device_count() >= 7 else 1)  # a divisor of m
