@@ -8,7 +8,9 @@ the bytes each extra client costs (slope between the two largest m) next to thos
 contrast, ``merged``, is the same round whose forward pass goes through ``W0 + B A`` (what merging
 LoRA into the weights does once vmapped: one ``(d, k)`` matrix per client). ``donate_state`` is
 the simulator's round with ``make_simulation(..., donate_state=True)``: the state's buffers are
-donated, so XLA may write the next state over them (counted as aliased bytes).
+donated, so XLA may write the next state over them (counted as aliased bytes); with
+``client_chunk`` it also trains the clients in groups (``make_simulation(client_chunk=...)``), so
+only one group's activations are live at a time.
 
 Run: ``python -m experiments.bench.memory [--quick] [--out DIR]``.
 """
@@ -47,12 +49,18 @@ class Config:
         ),
     )
     merged_contrast: bool = True
+    client_chunk: int | None = 100  # also the donating round in client groups of this many
     seed: int = 0
 
 
 def get_config(quick: bool = False) -> Config:
     if quick:
-        return Config(clients=(2, 4), models=(("tiny 64-16-10", W.TINY),), merged_contrast=False)
+        return Config(
+            clients=(2, 4),
+            models=(("tiny 64-16-10", W.TINY),),
+            merged_contrast=False,
+            client_chunk=1,
+        )
     return Config()
 
 
@@ -71,13 +79,15 @@ def sizes_per_client(spec: W.RoundSpec) -> dict[str, int]:
     }
 
 
-def abstract_sim_args(spec: W.RoundSpec, seed: int, donate_state: bool = False):
+def abstract_sim_args(
+    spec: W.RoundSpec, seed: int, donate_state: bool = False, client_chunk: int | None = None
+):
     """``(round, (state, data, inputs))`` of abo_jax's simulator for ``spec``, all abstract.
 
     The state is initialized for 3 clients and its per-client leaves are re-shaped to ``m``, so
     nothing of size ``m`` is ever allocated.
     """
-    model, _, sim = R.sim_parts(spec, donate_state=donate_state)
+    model, _, sim = R.sim_parts(spec, donate_state=donate_state, client_chunk=client_chunk)
     m, m0 = spec.clients, 3
     small = W.make_problem(dataclasses.replace(spec, clients=m0), seed)
     state = sim.init(jax.random.key(seed), R.client_data(small))
@@ -127,12 +137,15 @@ def run(config: Config, reps: int | None = None) -> dict:
     summary = []
     impl = None
     for model_name, base_spec in config.models:
-        variants = [("abo-jax round", False, False)]
+        variants = [("abo-jax round", False, False, None)]
         if R.sim_available():
-            variants.append(("abo-jax round, donate_state", False, True))
-        if config.merged_contrast:
-            variants.append(("merged W0+BA (contrast)", True, False))  # the bench's round, merged
-        for variant, merged, donate in variants:
+            variants.append(("abo-jax round, donate_state", False, True, None))
+            if config.client_chunk:
+                name = f"abo-jax round, donate_state, client_chunk={config.client_chunk}"
+                variants.append((name, False, True, config.client_chunk))
+        if config.merged_contrast:  # the bench's round, merged
+            variants.append(("merged W0+BA (contrast)", True, False, None))
+        for variant, merged, donate, chunk in variants:
             per_m = []
             for m in config.clients:
                 spec = dataclasses.replace(base_spec, clients=m)
@@ -142,7 +155,7 @@ def run(config: Config, reps: int | None = None) -> dict:
                     args = (jax.eval_shape(partial(W.make_problem, spec, config.seed)),)
                     impl = impl if merged else "bench"
                 else:
-                    fn, args = abstract_sim_args(spec, config.seed, donate)
+                    fn, args = abstract_sim_args(spec, config.seed, donate, chunk)
                     impl = "sim"
                 fields = analyse(fn, args)
                 row = {"model": model_name, "variant": variant, "m": m, **fields}
