@@ -19,11 +19,36 @@ The aggregation operators and :mod:`theory` use it for every SVD.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 __all__ = ["svd"]
+
+# Set while tracing code that will run over several CPU devices (the simulator with a mesh).
+_MULTI_DEVICE_CPU: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "abo_jax_multi_device_cpu", default=None
+)
+
+
+@contextlib.contextmanager
+def multi_device_cpu(where: str):
+    """Marks code traced inside as running over several CPU devices (``where`` names it).
+
+    There the host callback :func:`svd` takes on CPU can deadlock: ``jax.pure_callback`` copies its
+    operands to a CPU device before calling Python, and on a multi-device CPU mesh that copy can
+    wait for runtime threads that are all blocked at the other devices' collectives (measured with
+    jax 0.9.2: the paper experiment's digits cell on a 2-device mesh hung in the callback's first
+    ``np.asarray``). :func:`svd` raises instead of hanging.
+    """
+    token = _MULTI_DEVICE_CPU.set(where)
+    try:
+        yield
+    finally:
+        _MULTI_DEVICE_CPU.reset(token)
 
 
 def _host_svd(x: np.ndarray):
@@ -73,6 +98,14 @@ def _svd_tangents(x, dx, u, s, vt):
 def _svd(x):
     if jax.default_backend() != "cpu":
         return tuple(jnp.linalg.svd(x, full_matrices=False))
+    where = _MULTI_DEVICE_CPU.get()
+    if where is not None:
+        raise NotImplementedError(
+            f"svd: {where} runs over several CPU devices, where the host callback that computes"
+            " the SVD on CPU can deadlock the runtime; use one CPU device (no mesh) for operators"
+            " or metrics that take an SVD (SP, the HetLoRA family, theory's round_metrics), or a"
+            " mesh of GPU devices"
+        )
     n, p = x.shape[-2:]
     q = min(n, p)
     spec = lambda *shape: jax.ShapeDtypeStruct(x.shape[:-2] + shape, x.dtype)
@@ -96,6 +129,8 @@ def svd(x: jax.Array, compute_uv: bool = True):
 
     Raises:
       ValueError: ``x`` is not a matrix.
+      NotImplementedError: traced on CPU inside :func:`multi_device_cpu` (a mesh of several CPU
+        devices), where the host callback can deadlock.
     """
     if jnp.ndim(x) != 2:
         raise ValueError(f"svd: expected one matrix (n, p), got shape {jnp.shape(x)}; vmap it")
