@@ -10,45 +10,27 @@ both ``tf_XLAEigen`` threads), batched or not: the simulator with seeds on its r
 the operator, the operator zoo. Among jaxlib's CPU LAPACK kernels only the SVD schedules on the
 pool (QR, eigh and the solvers run inline).
 
-:func:`svd` computes the same thin SVD; on the CPU backend the LAPACK call runs through
-``jax.pure_callback`` in numpy on the calling thread (a vmapped call passes the whole stack to
-numpy), elsewhere it is ``jnp.linalg.svd``. Its derivative is a ``custom_jvp`` written with matrix
-products only, so ``jax.grad`` through an operator (as :mod:`theory.certify` takes) works too.
-The aggregation operators and :mod:`theory` use it for every SVD.
+:func:`svd` computes the same thin SVD; on the CPU backend the LAPACK call runs in numpy on the
+calling thread (a vmapped call passes the whole stack to numpy), elsewhere it is
+``jnp.linalg.svd``. The host call is a ``jax.experimental.buffer_callback``: numpy reads XLA's
+operand buffer and writes the results into XLA's output buffers in place. ``jax.pure_callback``
+is not safe here: it first ``device_put``s its operands on a CPU device, and over a mesh of
+several CPU devices that copy can wait behind the device's own blocked execution (the paper
+experiment's digits cell hung on a 2-device mesh in the callback's first ``np.asarray``, while
+the other device waited at the round's all-reduce; small operands copy inline, so small runs
+passed). Its derivative is a ``custom_jvp`` written with matrix products only, so ``jax.grad``
+through an operator (as :mod:`theory.certify` takes) works too. The aggregation operators and
+:mod:`theory` use it for every SVD.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental.buffer_callback import buffer_callback
 
 __all__ = ["svd"]
-
-# Set while tracing code that will run over several CPU devices (the simulator with a mesh).
-_MULTI_DEVICE_CPU: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "abo_jax_multi_device_cpu", default=None
-)
-
-
-@contextlib.contextmanager
-def multi_device_cpu(where: str):
-    """Marks code traced inside as running over several CPU devices (``where`` names it).
-
-    There the host callback :func:`svd` takes on CPU can deadlock: ``jax.pure_callback`` copies its
-    operands to a CPU device before calling Python, and on a multi-device CPU mesh that copy can
-    wait for runtime threads that are all blocked at the other devices' collectives (measured with
-    jax 0.9.2: the paper experiment's digits cell on a 2-device mesh hung in the callback's first
-    ``np.asarray``). :func:`svd` raises instead of hanging.
-    """
-    token = _MULTI_DEVICE_CPU.set(where)
-    try:
-        yield
-    finally:
-        _MULTI_DEVICE_CPU.reset(token)
 
 
 def _host_svd(x: np.ndarray):
@@ -62,6 +44,13 @@ def _host_svd(x: np.ndarray):
         nan = lambda *shape: np.full(x.shape[:-2] + shape, np.nan, x.dtype)
         out = (nan(n, q), nan(q), nan(q, p))
     return tuple(np.asarray(a, x.dtype) for a in out)
+
+
+def _svd_into(ctx, out, x):
+    """``buffer_callback`` body: the SVD of XLA's operand ``x``, written into the ``out`` buffers."""
+    del ctx
+    for buffer, value in zip(out, _host_svd(np.asarray(x)), strict=True):
+        np.asarray(buffer)[...] = value
 
 
 def _t(x):
@@ -98,19 +87,11 @@ def _svd_tangents(x, dx, u, s, vt):
 def _svd(x):
     if jax.default_backend() != "cpu":
         return tuple(jnp.linalg.svd(x, full_matrices=False))
-    where = _MULTI_DEVICE_CPU.get()
-    if where is not None:
-        raise NotImplementedError(
-            f"svd: {where} runs over several CPU devices, where the host callback that computes"
-            " the SVD on CPU can deadlock the runtime; use one CPU device (no mesh) for operators"
-            " or metrics that take an SVD (SP, the HetLoRA family, theory's round_metrics), or a"
-            " mesh of GPU devices"
-        )
     n, p = x.shape[-2:]
     q = min(n, p)
     spec = lambda *shape: jax.ShapeDtypeStruct(x.shape[:-2] + shape, x.dtype)
     shapes = (spec(n, q), spec(q), spec(q, p))
-    return jax.pure_callback(_host_svd, shapes, x, vmap_method="expand_dims")
+    return tuple(buffer_callback(_svd_into, shapes, vmap_method="expand_dims")(x))
 
 
 @_svd.defjvp
@@ -129,8 +110,6 @@ def svd(x: jax.Array, compute_uv: bool = True):
 
     Raises:
       ValueError: ``x`` is not a matrix.
-      NotImplementedError: traced on CPU inside :func:`multi_device_cpu` (a mesh of several CPU
-        devices), where the host callback can deadlock.
     """
     if jnp.ndim(x) != 2:
         raise ValueError(f"svd: expected one matrix (n, p), got shape {jnp.shape(x)}; vmap it")

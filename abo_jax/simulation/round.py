@@ -6,7 +6,6 @@ Learning, arXiv:2508.01348.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 
@@ -20,7 +19,6 @@ from jax.sharding import PartitionSpec as P
 
 from abo_jax.aggregation._base import ABO, broadcast_to_clients, weighted_sum
 from abo_jax.data.client_data import ClientData
-from abo_jax.linalg import multi_device_cpu
 from abo_jax.lora import LoRAFactors, is_lora, mask_rank
 from abo_jax.models._base import Model, Trainable
 from abo_jax.simulation.client import (
@@ -226,8 +224,7 @@ def make_simulation(
         inputs and per-client state is split over it (``m`` must be divisible by its size).
         On CPU, several host devices (``jax.config.update("jax_num_cpu_devices", n)`` before
         JAX starts) let the cores run devices' shares side by side (1.7x to 2x per round on 2
-        cores, ``experiments/bench``); operators and metrics that take an SVD (SP, the HetLoRA
-        family, ``theory.round_metrics``) refuse such a mesh, as their host callback can hang.
+        cores, ``experiments/bench``).
       loss_fn: ``(logits, labels, mask) -> scalar`` (default masked mean cross-entropy).
       max_traces: if set, the round raises when traced more often (``chex.assert_max_traces``).
       train_only_sampled: with a fixed-count sampler (:func:`uniform_sampling`), train only the
@@ -528,24 +525,6 @@ def make_simulation(
         prepare_runs = jax.vmap(prepare_clients, in_axes=(0, None))
         prepare_test_runs = jax.vmap(model.prepare, in_axes=(0, None))
 
-    cpu_mesh = (
-        mesh is not None
-        and mesh.devices.size > 1
-        and {d.platform for d in mesh.devices.flat} == {"cpu"}
-    )
-
-    def traced(fn):  # on a multi-device CPU mesh, abo_jax.linalg.svd refuses (it could hang)
-        if not cpu_mesh:
-            return fn
-
-        @functools.wraps(fn)
-        def wrapped(*args, **kwargs):
-            with multi_device_cpu(f"the simulator's round (mesh of {mesh.devices.size} devices)"):
-                return fn(*args, **kwargs)
-
-        return wrapped
-
-    @traced
     def round_entry(state, data, inputs=None):
         return round_step(state, data, inputs)
 
@@ -554,7 +533,6 @@ def make_simulation(
     donate = 0 if donate_state else ()
     round_jit = jax.jit(round_entry, donate_argnums=donate)
 
-    @traced
     def rounds_entry(state, data, inputs=None, *, num_rounds: int):
         if int(num_rounds) <= 0:
             raise ValueError(f"num_rounds must be positive, got {num_rounds}")
