@@ -32,6 +32,7 @@ from abo_jax.simulation.sampling import ClientSampling, full_participation, part
 __all__ = ["SimState", "Simulation", "make_simulation", "global_trainable"]
 
 CLIENT_AXIS = "clients"
+RUN_AXIS = "runs"
 
 
 class SimState(NamedTuple):
@@ -60,7 +61,7 @@ class Simulation(NamedTuple):
         round, or ``None`` when the round must recompute it (a base-correcting ABO, or
         ``precompute=False``).
       shard: ``shard(tree, kind) -> tree`` places ``kind="state" | "data" | "inputs"`` on the mesh
-        (the client axis split over devices); the identity without a mesh.
+        (the client axis, or the run axis, split over devices); the identity without a mesh.
       round_step: the un-jitted round (for composing, e.g. under another vmap).
       num_runs: ``None`` or the size of the leading run axis.
       prepare_test: ``prepare_test(state, x) -> inputs | None``: the model's per-example cache of
@@ -220,8 +221,10 @@ def make_simulation(
         client's own broadcast model on the test set, loss and accuracy averaged with ``p``.
       num_runs: ``S`` independent runs (seeds, learning rates) sharing one jitted round: every
         state leaf gets a leading axis ``S``; ``init`` takes ``S`` keys and per-run ``hparams``.
-      mesh: a ``jax.sharding.Mesh`` with an axis named ``"clients"``; the client axis of data,
-        inputs and per-client state is split over it (``m`` must be divisible by its size).
+      mesh: a ``jax.sharding.Mesh`` with one axis, named ``"clients"``: the client axis of data,
+        inputs and per-client state is split over it (``m`` must be divisible by its size); or
+        named ``"runs"`` (with ``num_runs`` divisible by its size): each device holds whole runs
+        (seeds), the data is replicated, and the runs train side by side.
         On CPU, several host devices (``jax.config.update("jax_num_cpu_devices", n)`` before
         JAX starts) let the cores run devices' shares side by side (1.7x to 2x per round on 2
         cores, ``experiments/bench``).
@@ -259,8 +262,19 @@ def make_simulation(
         raise ValueError(f"num_runs must be positive, got {num_runs}")
     if client_chunk is not None and int(client_chunk) <= 0:
         raise ValueError(f"client_chunk must be positive or None, got {client_chunk}")
-    if mesh is not None and CLIENT_AXIS not in mesh.axis_names:
-        raise ValueError(f"mesh: needs an axis named {CLIENT_AXIS!r}, got {mesh.axis_names}")
+    if mesh is not None and tuple(mesh.axis_names) not in ((CLIENT_AXIS,), (RUN_AXIS,)):
+        raise ValueError(
+            f"mesh: needs one axis, named {CLIENT_AXIS!r} (split the clients) or {RUN_AXIS!r} "
+            f"(split the runs), got {mesh.axis_names}"
+        )
+    if mesh is not None and RUN_AXIS in mesh.axis_names:
+        if num_runs is None or int(num_runs) % mesh.shape[RUN_AXIS]:
+            raise ValueError(
+                f"mesh: a {RUN_AXIS!r} axis of {mesh.shape[RUN_AXIS]} devices needs num_runs "
+                f"divisible by it, got num_runs={num_runs}"
+            )
+    run_mesh = mesh if mesh is not None and RUN_AXIS in mesh.axis_names else None
+    mesh = None if run_mesh is not None else mesh  # from here on, `mesh` splits the clients
     local_epochs, batch_size = int(local_epochs), int(batch_size)
     client_chunk = None if client_chunk is None else int(client_chunk)
     sampling = full_participation() if sampling is None else sampling
@@ -561,7 +575,16 @@ def make_simulation(
         return prepare_test_jit(state.frozen, x) if cache_is_fixed(state) else None
 
     def shard(tree, kind: Literal["state", "data", "inputs"]):
-        if mesh is None or tree is None:
+        if tree is None:
+            return tree
+        if run_mesh is not None:  # every state and inputs leaf has the run axis first
+            runs = NamedSharding(run_mesh, P(RUN_AXIS))
+            if kind == "data":
+                return jax.tree.map(lambda x: jax.device_put(x, NamedSharding(run_mesh, P())), tree)
+            if kind in ("state", "inputs"):
+                return jax.tree.map(lambda x: jax.device_put(x, runs), tree)
+            raise ValueError(f"shard: kind must be 'state', 'data' or 'inputs', got {kind!r}")
+        if mesh is None:
             return tree
         size = mesh.shape[CLIENT_AXIS]
         run_axes = 0 if num_runs is None else 1

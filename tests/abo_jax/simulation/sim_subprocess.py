@@ -71,6 +71,18 @@ def shard(out):
         results.update({f"{name}/{k}": v for k, v in hist.items()})
         leaves = jax.tree.leaves((state.frozen, state.clients))
         results.update({f"{name}/state{i}": np.asarray(x) for i, x in enumerate(leaves)})
+    # Runs (seeds) split over 4 devices ("runs" axis): the same runs as on one device.
+    four = jax.sharding.Mesh(np.array(jax.devices()[:4]), ("runs",))
+    keys = jax.random.split(jax.random.key(3), 4)
+    for name, m in (("runs_one", None), ("runs_four", four)):
+        sim = aj.make_simulation(model, aj.sum_product(), batch_size=4, num_runs=4, mesh=m)
+        hist, state = aj.run(sim, data, test, rounds=2, key=keys, progress=False)
+        if m is not None:
+            b = state.clients.lora["dense_1"].b
+            assert len(b.sharding.device_set) == 4 and b.addressable_shards[0].data.shape[0] == 1
+        results.update({f"{name}/{k}": v for k, v in hist.items()})
+        leaves = jax.tree.leaves((state.frozen, state.clients))
+        results.update({f"{name}/state{i}": np.asarray(x) for i, x in enumerate(leaves)})
     np.savez(out, **results)
 
 

@@ -107,6 +107,10 @@ def test_sharded_and_chunked_equal_one_device(tmp_path):
             np.testing.assert_allclose(
                 res[f"{other}/{name}"], res[f"one/{name}"], rtol=1e-10, atol=1e-13
             )
+    runs = [k.split("/", 1)[1] for k in res.files if k.startswith("runs_one/")]
+    assert "test_loss" in runs and any(n.startswith("state") for n in runs)
+    for name in runs:  # whole runs per device: nothing is summed across devices
+        np.testing.assert_allclose(res[f"runs_four/{name}"], res[f"runs_one/{name}"], rtol=1e-12)
 
 
 def test_svd_operator_and_metrics_on_a_two_device_cpu_mesh(tmp_path):

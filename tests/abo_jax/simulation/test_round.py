@@ -268,6 +268,11 @@ def test_bad_config_errors(rng, clients_fn):
         aj.make_simulation(_model(), aj.product_sum()).init(
             jax.random.key(0), data, lora_scale=jnp.ones(3)
         )
+    one = np.array(jax.devices()[:1])
+    with pytest.raises(ValueError, match="one axis"):
+        aj.make_simulation(_model(), aj.product_sum(), mesh=jax.sharding.Mesh(one, ("x",)))
+    with pytest.raises(ValueError, match="num_runs"):
+        aj.make_simulation(_model(), aj.product_sum(), mesh=jax.sharding.Mesh(one, ("runs",)))
     with pytest.raises(ValueError, match="test"):
         sim = aj.make_simulation(_model(), aj.product_sum())
         aj.run(sim, data, (data.x[0, :, :2], data.y[0]), rounds=1, key=jax.random.key(0))
