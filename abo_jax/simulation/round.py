@@ -241,8 +241,9 @@ def make_simulation(
         (``lax.map`` over groups, ``jax.vmap`` within), instead of all at once; with a ``mesh``,
         groups of each device's share. Bounds the activations held at once to a group's (peak
         memory) and, on CPU, keeps them in cache: the digits-sized MLP with 1000 clients trains
-        about 1.3x faster in groups of 125 (``experiments/bench/vmap_vs_loop.py``); for a few
-        large clients it is slower. The same numbers up to float32 rounding.
+        1.2x faster in groups of 125 (``experiments/bench/vmap_vs_loop.py``); a few large
+        clients train slower (paper MLP, 10 clients in groups of 5: 0.77x). The same numbers up
+        to float32 rounding.
 
     Returns:
       A :class:`Simulation`.
