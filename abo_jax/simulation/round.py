@@ -275,7 +275,7 @@ def make_simulation(
                 f"divisible by it, got num_runs={num_runs}"
             )
     run_mesh = mesh if mesh is not None and RUN_AXIS in mesh.axis_names else None
-    mesh = None if run_mesh is not None else mesh  # from here on, `mesh` splits the clients
+    client_mesh = None if run_mesh is not None else mesh  # the mesh that splits the clients
     local_epochs, batch_size = int(local_epochs), int(batch_size)
     client_chunk = None if client_chunk is None else int(client_chunk)
     sampling = full_participation() if sampling is None else sampling
@@ -376,9 +376,9 @@ def make_simulation(
 
     # ---- the round ----------------------------------------------------------------------------
     def constrain(tree, axis):
-        if mesh is None:
+        if client_mesh is None:
             return tree
-        sharding = NamedSharding(mesh, P(*([None] * axis), CLIENT_AXIS))
+        sharding = NamedSharding(client_mesh, P(*([None] * axis), CLIENT_AXIS))
         return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, sharding), tree)
 
     def train_clients(train, per_client):
@@ -390,7 +390,7 @@ def make_simulation(
         results are dropped (no NaN, no effect on the others).
         """
         m = jax.tree.leaves(per_client)[0].shape[0]
-        shards = 1 if mesh is None else mesh.shape[CLIENT_AXIS]
+        shards = 1 if client_mesh is None else client_mesh.shape[CLIENT_AXIS]
         if m % shards:  # a gathered subset that does not split evenly: groups over all of it
             shards = 1
         per_shard = m // shards
@@ -585,11 +585,11 @@ def make_simulation(
             if kind in ("state", "inputs"):
                 return jax.tree.map(lambda x: jax.device_put(x, runs), tree)
             raise ValueError(f"shard: kind must be 'state', 'data' or 'inputs', got {kind!r}")
-        if mesh is None:
+        if client_mesh is None:
             return tree
-        size = mesh.shape[CLIENT_AXIS]
+        size = client_mesh.shape[CLIENT_AXIS]
         run_axes = 0 if num_runs is None else 1
-        replicated = NamedSharding(mesh, P())
+        replicated = NamedSharding(client_mesh, P())
 
         def split(x, axis):
             if x.shape[axis] % size:
@@ -597,7 +597,7 @@ def make_simulation(
                     f"mesh: the client axis ({x.shape[axis]}) must be divisible by the number of "
                     f"devices on {CLIENT_AXIS!r} ({size})"
                 )
-            return jax.device_put(x, NamedSharding(mesh, P(*([None] * axis), CLIENT_AXIS)))
+            return jax.device_put(x, NamedSharding(client_mesh, P(*([None] * axis), CLIENT_AXIS)))
 
         if kind == "data":
             return jax.tree.map(lambda x: split(x, 0), tree)

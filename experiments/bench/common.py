@@ -105,8 +105,9 @@ def time_interleaved(
     or numpy result is already computed when the call returns); the turn order rotates by one each
     repetition, so that no variant always follows the same one (a large matmul leaves the caches
     cold for whatever runs next: a millisecond variant that always followed it measured 1.5x slower
-    than an identical one). ``warmup`` rounds run first, in the given order, and are discarded. When ``min_time_s`` is positive, repetitions continue past ``reps`` until the slowest
-    variant has accumulated that much time (at most ``4 * reps`` repetitions).
+    than an identical one). ``warmup`` rounds run first, in the given order, and are discarded.
+    When ``min_time_s`` is positive, repetitions continue past ``reps`` until the slowest variant
+    has accumulated that much time (at most ``4 * reps`` repetitions).
     """
     if reps < 1:
         raise ValueError(f"reps must be >= 1, got {reps}")

@@ -27,7 +27,11 @@ Two more suites (``--suite``):
   multiply-and-sum (no GEMM), and, for small ``m``, one dense product against every client's
   factors keeping the diagonal blocks (``m`` times the FLOPs; GFLOP/s count only the useful ones).
 
-Run: ``python -m experiments.bench.experimental [--quick] [--suite client|rounds|products]``
+* ``svd``: the round with SP and ``theory.round_metrics`` (the paper experiment's cell: SVDs in the
+  aggregation and the metrics), its CPU SVD through ``abo_jax.linalg``'s buffer callback (the
+  library) and through the ``jax.pure_callback`` it replaced (swapped in while compiling only).
+
+Run: ``python -m experiments.bench.experimental [--quick] [--suite client|rounds|products|svd]``
 prints the timings of each variant and writes ``experimental[_<suite>].json``.
 """
 
@@ -270,6 +274,59 @@ def suite_rounds(args, spec: W.RoundSpec):
     return thunks, compile_s, outs, n_rounds
 
 
+@contextlib.contextmanager
+def _pure_callback_svd():
+    """``abo_jax.linalg``'s CPU SVD as it was before the buffer callback (``jax.pure_callback``),
+    for tracing inside this block only (no derivative: the round takes none)."""
+    import abo_jax.linalg as linalg
+
+    def svd_pure(x):
+        n, p = x.shape[-2:]
+        q = min(n, p)
+        spec = lambda *shape: jax.ShapeDtypeStruct(x.shape[:-2] + shape, x.dtype)  # noqa: E731
+        shapes = (spec(n, q), spec(q), spec(q, p))
+        return jax.pure_callback(linalg._host_svd, shapes, x, vmap_method="expand_dims")
+
+    original = linalg._svd
+    linalg._svd = svd_pure
+    try:
+        yield
+    finally:
+        linalg._svd = original
+
+
+def suite_svd(args, spec: W.RoundSpec):
+    """SP with ``theory.round_metrics``: the library's buffer-callback SVD vs ``pure_callback``."""
+    import abo_jax
+    from theory import round_metrics
+
+    problem = W.make_problem(spec)
+    model, opt, _ = R.sim_parts(spec)
+    sim = abo_jax.make_simulation(
+        model,
+        abo_jax.sum_product(),
+        optimizer=opt,
+        local_epochs=spec.epochs,
+        batch_size=spec.batch,
+        metrics_fn=round_metrics,
+    )
+    data = R.client_data(problem)
+    state = sim.init(jax.random.key(0), data)
+    inputs = sim.prepare(state, data)
+    thunks, compile_s, outs = {}, {}, {}
+    for name, ctx in (
+        ("buffer_callback (abo_jax.linalg)", contextlib.nullcontext),
+        ("pure_callback (before)", _pure_callback_svd),
+    ):
+        with ctx():  # a fresh jit of the same function: traced again under the swap
+            fn = jax.jit(lambda s, d, i: sim.round_step(s, d, i))
+            compiled, compile_s[name] = common.compile_timed(fn, state, data, inputs)
+        thunks[name] = lambda c=compiled: c(state, data, inputs)
+        new_state, metrics = compiled(state, data, inputs)
+        outs[name] = jax.tree.map(lambda v: np.asarray(v, float), (new_state.clients, metrics))
+    return thunks, compile_s, outs, 1
+
+
 def lora_products(layout: str, m: int):
     """One layer's per-client LoRA products (see the module doc) in ``layout``."""
     idx = jnp.arange(m)
@@ -329,14 +386,19 @@ def suite_products(args, spec: W.RoundSpec):
 
 def main(argv: list[str] | None = None) -> dict:
     p = common.bench_parser(__doc__.splitlines()[0])
-    p.add_argument("--suite", choices=("client", "rounds", "products"), default="client")
+    p.add_argument("--suite", choices=("client", "rounds", "products", "svd"), default="client")
     p.add_argument("--clients", type=int, default=10)
     p.add_argument("--samples", type=int, default=1280)
     p.add_argument("--small-clients", action="store_true", help="digits MLP, 20 samples, batch 10")
     p.add_argument("--rounds", type=int, default=5, help="rounds per call (suite rounds)")
     args = p.parse_args(argv)
     spec = _spec(args)
-    suite = {"client": suite_client, "rounds": suite_rounds, "products": suite_products}
+    suite = {
+        "client": suite_client,
+        "rounds": suite_rounds,
+        "products": suite_products,
+        "svd": suite_svd,
+    }
     thunks, compile_s, outs, scale = suite[args.suite](args, spec)
     t, mm = common.time_with_matmul(thunks, (1024, 2048), reps=args.reps or 5)
     peak = mm["gflops"] * 1e9

@@ -82,8 +82,15 @@ def run(config: Config, reps: int | None = None) -> dict:
     devices = common.mesh_devices(spec.clients)
     diffs = {}
     if harnesses["round"].impl == "sim" and devices > 1:  # --host-devices: the round sharded
+        h = harnesses["round"]
+        reference = h.global_of(thunks["round"]())
         v = R.sim_variant(
-            spec, problem, devices=devices, client_chunk=config.mesh_client_chunk, seed=config.seed
+            spec,
+            problem,
+            reference,
+            devices=devices,
+            client_chunk=config.mesh_client_chunk,
+            seed=config.seed,
         )
         name = f"round, {v.name}"
         thunks[name], compile_s[name], xla[name], per_call[name] = v.thunk, v.compile_s, None, 1

@@ -200,14 +200,15 @@ def _sim_harness(spec: W.RoundSpec, problem: W.Problem, seed: int) -> Harness:
     def check():
         return _sim_check(spec, problem, seed)
 
-    def scanned(num_rounds):
-        thunk, _, seconds = common.compiled_thunk(
-            partial(sim.rounds, num_rounds=num_rounds), state, data, inputs
-        )
-        return thunk, seconds
-
     return Harness(
-        "sim", sim.round, (state, data, inputs), loop_update, loop_step, check, global_of, scanned
+        "sim",
+        sim.round,
+        (state, data, inputs),
+        loop_update,
+        loop_step,
+        check,
+        global_of,
+        _scanned(sim, state, data, inputs),
     )
 
 
@@ -217,13 +218,19 @@ class Variant(NamedTuple):
     name: str
     thunk: Callable[[], Any]  # one round
     compile_s: float
-    scanned: Callable[[int], tuple[Callable[[], Any], float]]  # as Harness.scanned
-    max_abs_diff: float  # |global model - the plain one-device round's| after one round
+    scanned: Callable[[int], tuple[Callable[[], Any], float]] | None  # as Harness.scanned
+    max_abs_diff: float  # |global model - the plain round's| after one round
+
+
+def plain_variant(h: Harness, thunk: Callable[[], Any], compile_s: float) -> Variant:
+    """The harness's own round (one device, all clients at once) as a :class:`Variant`."""
+    return Variant("1 device, all clients at once", thunk, compile_s, h.scanned, 0.0)
 
 
 def sim_variant(
     spec: W.RoundSpec,
     problem: W.Problem,
+    reference: Any,
     *,
     devices: int = 1,
     client_chunk: int | None = None,
@@ -231,8 +238,9 @@ def sim_variant(
 ) -> Variant:
     """The simulator's round over a mesh of the first ``devices`` JAX devices, in client groups.
 
-    ``devices = 1``: no mesh. The result is compared with the plain round (one device, all clients
-    at once) on the same state, so every variant is known to compute the same numbers.
+    ``devices = 1``: no mesh. ``reference``: the plain round's global model from the same start
+    (``h.global_of(h.vmapped(*h.vmapped_args))`` of the ``"sim"`` harness), so every variant is
+    known to compute the same numbers.
     """
     from jax.sharding import Mesh
 
@@ -241,19 +249,23 @@ def sim_variant(
         spec, problem, mesh=mesh, seed=seed, client_chunk=client_chunk
     )
     thunk, compiled, seconds = common.compiled_thunk(sim.round, state, data, inputs)
-    *_, plain, p_state, p_data, p_inputs = sim_setup(spec, problem, seed=seed)
     ours = jax.tree.map(lambda v: v[0], compiled(state, data, inputs)[0].clients)
-    ref = jax.tree.map(lambda v: v[0], plain.round(p_state, p_data, p_inputs)[0].clients)
-
-    def scanned(num_rounds):
-        run_r, _, secs = common.compiled_thunk(
-            partial(sim.rounds, num_rounds=num_rounds), state, data, inputs
-        )
-        return run_r, secs
-
     name = f"{devices} device{'s' if devices > 1 else ''}"
     name += f", groups of {client_chunk}" if client_chunk else ", all clients at once"
-    return Variant(name, thunk, seconds, scanned, max_abs_diff(ours, ref))
+    scanned = _scanned(sim, state, data, inputs)
+    return Variant(name, thunk, seconds, scanned, max_abs_diff(ours, reference))
+
+
+def _scanned(sim, state, data, inputs):
+    """``scanned(R) -> (thunk, compile seconds)``: R rounds of ``sim`` in one ``sim.rounds`` call."""
+
+    def scanned(num_rounds):
+        thunk, _, seconds = common.compiled_thunk(
+            partial(sim.rounds, num_rounds=num_rounds), state, data, inputs
+        )
+        return thunk, seconds
+
+    return scanned
 
 
 def _sim_server(stacked, *, weights):

@@ -65,16 +65,18 @@ def get_config(quick: bool = False) -> Config:
     return Config()
 
 
-def variants(config: Config, spec: W.RoundSpec, problem: W.Problem, h: R.Harness, vmapped):
-    """The round configurations timed at this ``m``: name -> (thunk, scanned, compile s, diff).
+def variants(
+    config: Config, spec: W.RoundSpec, problem: W.Problem, h: R.Harness, vmapped, compile_s: float
+):
+    """The round configurations timed at this ``m``, as :class:`~experiments.bench.rounds.Variant`.
 
-    Always the harness's round (``vmapped``: one device, all clients at once); with the simulator
-    also the round in client groups of ``config.client_chunk`` and, when JAX has several devices
-    (``--host-devices``), sharded over as many as divide ``m`` in groups of
-    ``config.mesh_client_chunk`` per device.
+    Always the harness's round (``vmapped``, compiled in ``compile_s`` seconds: one device, all clients
+    at once); with the simulator also the round in client groups of ``config.client_chunk`` and,
+    when JAX has several devices (``--host-devices``), sharded over as many as divide ``m`` in
+    groups of ``config.mesh_client_chunk`` per device.
     """
     m = spec.clients
-    out = {"1 device, all clients at once": (vmapped, h.scanned, None, 0.0)}
+    out = [R.plain_variant(h, vmapped, compile_s)]
     if h.impl != "sim":
         return out
     wanted = []
@@ -84,9 +86,13 @@ def variants(config: Config, spec: W.RoundSpec, problem: W.Problem, h: R.Harness
     if devices > 1:
         chunk = config.mesh_client_chunk
         wanted.append((devices, chunk if chunk and chunk < m // devices else None))
+    reference = h.global_of(vmapped())
     for devices, chunk in wanted:
-        v = R.sim_variant(spec, problem, devices=devices, client_chunk=chunk, seed=config.seed)
-        out[v.name] = (v.thunk, v.scanned, v.compile_s, v.max_abs_diff)
+        out.append(
+            R.sim_variant(
+                spec, problem, reference, devices=devices, client_chunk=chunk, seed=config.seed
+            )
+        )
     return out
 
 
@@ -100,24 +106,22 @@ def run(config: Config, reps: int | None = None) -> dict:
         h = R.make_harness(spec, problem, seed=config.seed)
         impl = h.impl
         vmapped, _, vm_c = common.compiled_thunk(h.vmapped, *h.vmapped_args)
-        found = variants(config, spec, problem, h, vmapped)
+        found = variants(config, spec, problem, h, vmapped, vm_c)
         thunks = {"loop_update": h.loop_update, "loop_step": h.loop_step}
         compile_s = {}
-        for name, (thunk, scanned, c, _) in found.items():
-            thunks[name] = thunk
-            compile_s[name] = vm_c if c is None else c
-            if scanned is not None and config.scanned_rounds:
-                thunks[f"{name} (sim.rounds)"], compile_s[f"{name} (sim.rounds)"] = scanned(
-                    config.scanned_rounds
-                )
+        for v in found:
+            thunks[v.name], compile_s[v.name] = v.thunk, v.compile_s
+            if v.scanned is not None and config.scanned_rounds:
+                key = f"{v.name} (sim.rounds)"
+                thunks[key], compile_s[key] = v.scanned(config.scanned_rounds)
         a_check = h.check()
         print(f"  vmap_vs_loop: m={m} ...", file=sys.stderr, flush=True)
         t, mm = common.time_with_matmul(thunks, config.matmul_sizes, reps=reps)
         peak = mm["gflops"] * 1e9
         flops = W.round_flops(spec)
         ta, tb = t["loop_update"].median_s, t["loop_step"].median_s
-        for name, (*_, diff) in found.items():
-            tv = t[name].median_s
+        for v in found:
+            name, tv = v.name, t[v.name].median_s
             row = {
                 "m": m,
                 "variant": name,
@@ -136,7 +140,7 @@ def run(config: Config, reps: int | None = None) -> dict:
                 "compile_s": compile_s,
                 "times_s": common.times_of(t),
                 "a_vs_vmapped_max_abs": a_check,
-                "variant_vs_plain_max_abs": diff,
+                "variant_vs_plain_max_abs": v.max_abs_diff,
             }
             key = f"{name} (sim.rounds)"
             if key in t:  # R rounds in one sim.rounds call: time per round

@@ -268,6 +268,8 @@ def test_bad_config_errors(rng, clients_fn):
         aj.make_simulation(_model(), aj.product_sum()).init(
             jax.random.key(0), data, lora_scale=jnp.ones(3)
         )
+    with pytest.raises(ValueError, match="client_chunk"):
+        aj.make_simulation(_model(), aj.product_sum(), client_chunk=0)
     one = np.array(jax.devices()[:1])
     with pytest.raises(ValueError, match="one axis"):
         aj.make_simulation(_model(), aj.product_sum(), mesh=jax.sharding.Mesh(one, ("x",)))
@@ -339,5 +341,3 @@ def test_client_chunk_equals_all_clients_at_once(rng, clients_fn, sampling, chun
         states.append((state.frozen, state.clients, state.opt_state, metrics))
     close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)  # noqa: E731
     jax.tree.map(close, states[1], states[0])
-    with pytest.raises(ValueError, match="client_chunk"):
-        aj.make_simulation(_model(), aj.product_sum(), client_chunk=0)
