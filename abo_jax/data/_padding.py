@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from abo_jax.data._partition import Partition
+from abo_jax.data._shuffle import permutation, stable_partition
 from abo_jax.data.client_data import ClientData
 
 __all__ = ["pad_clients", "client_weights", "epoch_batches", "num_batches"]
@@ -154,9 +155,10 @@ def epoch_batches(key: jax.Array, mask: jax.Array, batch_size: int) -> tuple[jax
         raise ValueError(f"mask must have shape (n_max,) for one client, got {mask.shape}")
     n_max = mask.shape[0]
     nb = num_batches(n_max, batch_size)
-    perm = jax.random.permutation(key, n_max)
-    # Stable sort on "is padding" keeps the random order among the real rows and puts them first.
-    order = perm[jnp.argsort(jnp.logical_not(mask[perm]), stable=True)].astype(jnp.int32)
+    # The same draws as jax.random.permutation, and a stable partition that keeps the random order
+    # among the real rows and puts them first; both without XLA's key-value sort (_shuffle.py).
+    perm = permutation(key, n_max)
+    order = perm[stable_partition(mask[perm])]
     valid = mask[order]
     extra = nb * batch_size - n_max
     order = jnp.concatenate([order, jnp.zeros((extra,), jnp.int32)])

@@ -18,6 +18,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from abo_jax.aggregation._base import ABO, broadcast_to_clients, weighted_sum
+from abo_jax.data._shuffle import stable_partition
 from abo_jax.data.client_data import ClientData
 from abo_jax.lora import LoRAFactors, is_lora, mask_rank
 from abo_jax.models._base import Model, Trainable
@@ -465,7 +466,7 @@ def make_simulation(
         else:
             # Train only the `count` sampled clients (fixed count: fixed shapes), each with the key
             # it would have had anyway, and scatter the results back.
-            chosen = jnp.argsort(jnp.logical_not(taking_part), stable=True)[:count]
+            chosen = stable_partition(taking_part)[:count]
             update = train_clients(train, jax.tree.map(lambda x: x[chosen], per_client))
 
             def keep(new, old):

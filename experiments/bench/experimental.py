@@ -31,7 +31,13 @@ Two more suites (``--suite``):
   aggregation and the metrics), its CPU SVD through ``abo_jax.linalg``'s buffer callback (the
   library) and through the ``jax.pure_callback`` it replaced (swapped in while compiling only).
 
-Run: ``python -m experiments.bench.experimental [--quick] [--suite client|rounds|products|svd]``
+* ``shuffle``: the plain round with the epoch orders drawn by ``abo_jax.data._shuffle`` (the
+  library: one-operand sorts, a cumulative-sum partition) and by the ``jax.random.permutation`` and
+  stable ``jnp.argsort`` it replaced (swapped in while compiling only); the same orders, so the
+  same numbers (``max_abs_diff_vs_first`` 0).
+
+Run: ``python -m experiments.bench.experimental [--quick] [--suite S]``, ``S`` one of ``client``,
+``rounds``, ``products``, ``svd``, ``shuffle``;
 prints the timings of each variant and writes ``experimental[_<suite>].json``.
 """
 
@@ -327,6 +333,48 @@ def suite_svd(args, spec: W.RoundSpec):
     return thunks, compile_s, outs, 1
 
 
+@contextlib.contextmanager
+def _xla_sort_shuffle():
+    """``epoch_batches`` as it was before ``abo_jax.data._shuffle``: ``jax.random.permutation``
+    and a stable ``jnp.argsort`` (XLA key-value sorts), for tracing inside this block only."""
+    from abo_jax.data import _padding
+
+    original = _padding.permutation, _padding.stable_partition
+    _padding.permutation = jax.random.permutation
+    _padding.stable_partition = lambda flags: jnp.argsort(jnp.logical_not(flags), stable=True)
+    _padding.epoch_batches.clear_cache()  # it is jitted: trace it again under the swap
+    try:
+        yield
+    finally:
+        _padding.permutation, _padding.stable_partition = original
+        _padding.epoch_batches.clear_cache()
+
+
+def _swapped_rounds(spec: W.RoundSpec, variants):
+    """The plain round compiled once per ``(name, context)``, traced inside the context."""
+    problem = W.make_problem(spec)
+    *_, sim, state, data, inputs = R.sim_setup(spec, problem)
+    thunks, compile_s, outs = {}, {}, {}
+    for name, ctx in variants:
+        with ctx():  # a fresh jit of the same function: traced again under the swap
+            fn = jax.jit(lambda s, d, i: sim.round_step(s, d, i))
+            compiled, compile_s[name] = common.compile_timed(fn, state, data, inputs)
+        thunks[name] = lambda c=compiled: c(state, data, inputs)
+        outs[name] = jax.tree.map(np.asarray, compiled(state, data, inputs)[0].clients)
+    return thunks, compile_s, outs, 1
+
+
+def suite_shuffle(args, spec: W.RoundSpec):
+    """The plain round, epoch orders from ``abo_jax.data._shuffle`` vs XLA's key-value sorts."""
+    return _swapped_rounds(
+        spec,
+        (
+            ("one-operand sorts (abo_jax.data._shuffle)", contextlib.nullcontext),
+            ("key-value sorts (before)", _xla_sort_shuffle),
+        ),
+    )
+
+
 def lora_products(layout: str, m: int):
     """One layer's per-client LoRA products (see the module doc) in ``layout``."""
     idx = jnp.arange(m)
@@ -386,7 +434,9 @@ def suite_products(args, spec: W.RoundSpec):
 
 def main(argv: list[str] | None = None) -> dict:
     p = common.bench_parser(__doc__.splitlines()[0])
-    p.add_argument("--suite", choices=("client", "rounds", "products", "svd"), default="client")
+    p.add_argument(
+        "--suite", choices=("client", "rounds", "products", "svd", "shuffle"), default="client"
+    )
     p.add_argument("--clients", type=int, default=10)
     p.add_argument("--samples", type=int, default=1280)
     p.add_argument("--small-clients", action="store_true", help="digits MLP, 20 samples, batch 10")
@@ -398,6 +448,7 @@ def main(argv: list[str] | None = None) -> dict:
         "rounds": suite_rounds,
         "products": suite_products,
         "svd": suite_svd,
+        "shuffle": suite_shuffle,
     }
     thunks, compile_s, outs, scale = suite[args.suite](args, spec)
     t, mm = common.time_with_matmul(thunks, (1024, 2048), reps=args.reps or 5)

@@ -30,3 +30,29 @@ def test_the_swap_traces_the_old_callback_and_restores_the_library():
     restored = jax.jit(lambda a: svd(a)).lower(x).as_text()
     assert "xla_buffer_python_cpu_callback" in restored
     assert "xla_buffer_python_cpu_callback" not in swapped and "callback" in swapped
+
+
+def test_shuffle_suite_gives_the_same_round_with_either_sort(tmp_path):
+    experimental.main(["--suite", "shuffle", "--quick", "--reps", "2", "--out", str(tmp_path)])
+    rows = json.loads((tmp_path / "experimental_shuffle.json").read_text())["rows"]
+    assert [r["variant"] for r in rows] == [
+        "one-operand sorts (abo_jax.data._shuffle)",
+        "key-value sorts (before)",
+    ]
+    assert all(r["call_s"] > 0 for r in rows)
+    # The same epoch orders either way, so the same round, bit for bit.
+    assert rows[1]["max_abs_diff_vs_first"] == 0.0
+
+
+def test_the_shuffle_swap_traces_key_value_sorts_and_restores_the_library():
+    from abo_jax.data import epoch_batches
+
+    def sorts(text):  # operand count of every sort in the StableHLO text
+        return [line.count("%") - 1 for line in text.splitlines() if '"stablehlo.sort"' in line]
+
+    mask = jnp.ones((40,), bool)
+    with experimental._xla_sort_shuffle():
+        swapped = epoch_batches.lower(jax.random.key(0), mask, 8).as_text()
+    restored = epoch_batches.lower(jax.random.key(0), mask, 8).as_text()
+    assert sorts(restored) and all(n == 1 for n in sorts(restored))
+    assert 2 in sorts(swapped)
