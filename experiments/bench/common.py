@@ -30,6 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments.common.devices import mesh_devices, use_host_devices  # noqa: F401 - re-exported
+
 __all__ = [
     "Timing",
     "bench_main",
@@ -368,29 +370,6 @@ def bench_parser(description: str) -> argparse.ArgumentParser:
         " also run sharded over them",
     )
     return p
-
-
-def use_host_devices(n: int) -> int:
-    """Asks JAX for ``n`` CPU devices (``jax_num_cpu_devices``); returns the device count it sees.
-
-    Must run before JAX's first computation in the process; if JAX has already started with fewer
-    devices, raises with a message saying so. No-op for ``n <= 1``.
-    """
-    if n > 1:
-        try:
-            jax.config.update("jax_num_cpu_devices", n)
-        except RuntimeError as err:
-            if jax.device_count() < n:
-                raise RuntimeError(
-                    f"--host-devices {n}: JAX already runs with {jax.device_count()} device(s);"
-                    " the option must take effect before any JAX computation"
-                ) from err
-    return jax.device_count()
-
-
-def mesh_devices(m: int) -> int:
-    """The most devices (of ``jax.devices()``) a mesh over ``m`` clients can use: a divisor of m."""
-    return max(d for d in range(1, jax.device_count() + 1) if m % d == 0)
 
 
 def bench_main(

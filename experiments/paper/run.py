@@ -25,6 +25,7 @@ from abo_jax.simulation import make_simulation, paper_sgd, run
 from experiments.common import limit_blas_threads
 from experiments.common.config import parse_config
 from experiments.common.datasets import load_dataset, one_class_per_client, pad_clients
+from experiments.common.devices import client_mesh, use_host_devices
 from experiments.common.grid import cell_id, run_grid
 from experiments.common.io import atomic_write_csv, atomic_write_json, config_hash, results_dir
 from experiments.common.plotting import curves_with_band, heatmap_triptych, plt, save
@@ -141,11 +142,12 @@ def _metrics_fn(clients, weights, broadcast):
     return {name: out[name + "_layers"] for name in MISMATCH_TERMS.values()}
 
 
-def _run_cell(cell: dict, data_cache: _DataCache, progress: bool, folder: Path) -> dict:
+def _run_cell(cell: dict, data_cache: _DataCache, progress: bool, folder: Path, mesh=None) -> dict:
     """Trains one cell (every seed at once on the simulator's run axis) and returns its results.
 
     Seed ``s`` uses ``jax.random.key(s)`` (base weights, LoRA init, shuffles), so a cell with more
-    seeds extends, not changes, one with fewer.
+    seeds extends, not changes, one with fewer. ``mesh``: a ``("clients",)`` mesh to shard each
+    round's clients over (``--host-devices``), or None.
     """
     limit_blas_threads(1)
     data, tx, ty, classes = data_cache.get(cell["dataset"])
@@ -161,6 +163,7 @@ def _run_cell(cell: dict, data_cache: _DataCache, progress: bool, folder: Path) 
         batch_size=cell["batch"],
         metrics_fn=_metrics_fn,
         num_runs=seeds,
+        mesh=mesh,
     )
     partial = folder / "partial" / f"{cell_id(cell)}.ckpt"
     partial.parent.mkdir(parents=True, exist_ok=True)
@@ -196,6 +199,7 @@ def _run_cell(cell: dict, data_cache: _DataCache, progress: bool, folder: Path) 
         },
         "seconds_per_round": wall / cell["rounds"],
         "wall_seconds": wall,
+        "devices": 1 if mesh is None else int(mesh.devices.size),
     }
 
 
@@ -314,6 +318,8 @@ def run_name(cfg: PaperConfig) -> str:
     fields = dataclasses.asdict(cfg)
     for k in ("out", "name", "progress", "curve_cells", "level"):
         fields.pop(k)
+    if fields["host_devices"] == 1:  # the folders of runs from before the option keep their names
+        fields.pop("host_devices")
     return f"paper-{'-'.join(cfg.datasets)}-{config_hash(fields)}"
 
 
@@ -324,13 +330,15 @@ def run_paper(cfg: PaperConfig) -> dict:
       ``{"folder": Path, "rows": summary rows, "verdict": per data set, "counts": run/skipped,
       "plots": [paths]}``.
     """
+    use_host_devices(cfg.host_devices)  # before any JAX computation in this process
+    mesh = client_mesh(cfg.num_clients) if cfg.host_devices > 1 else None
     folder = results_dir(cfg.out, run_name(cfg))
     atomic_write_json(folder / "config.json", dataclasses.asdict(cfg))
     cache = _DataCache(cfg)
     t0 = time.perf_counter()
     records, counts = run_grid(
         make_cells(cfg),
-        lambda c: _run_cell(c, cache, cfg.progress, folder),
+        lambda c: _run_cell(c, cache, cfg.progress, folder, mesh),
         folder / "cells",
         desc="paper grid",
         show_progress=cfg.progress,

@@ -17,11 +17,11 @@ def test_paper_quick_runs_resumes_and_writes_well_formed_results(tmp_path, monke
     real = paper._run_cell
     calls = []
 
-    def failing(cell, cache, progress, folder):
+    def failing(cell, cache, progress, folder, *mesh):
         if len(calls) == 2:
             raise RuntimeError("injected failure after two cells")
         calls.append(cell)
-        return real(cell, cache, progress, folder)
+        return real(cell, cache, progress, folder, *mesh)
 
     monkeypatch.setattr(paper, "_run_cell", failing)
     try:
@@ -109,3 +109,47 @@ def test_a_cell_killed_mid_run_resumes_from_its_checkpoint_with_the_same_numbers
     np.testing.assert_array_equal(resumed["curves"]["test_acc"], whole["curves"]["test_acc"])
     for term in paper.MISMATCH_TERMS:
         np.testing.assert_array_equal(resumed["metrics"][term], whole["metrics"][term])
+
+
+def test_paper_cell_on_two_host_devices_gives_the_one_device_numbers(tmp_path):
+    # One cell (SP, delta 0.07, E = 1) of the quick grid, clients sharded over 2 CPU devices in a
+    # subprocess (the device count must be set before JAX starts), against one device here.
+    import dataclasses
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from experiments.common.io import config_hash
+
+    root = Path(__file__).resolve().parents[2]
+    argv = ["--quick", "--operators", "sp", "--deltas", "0.07", "--epochs", "1"]
+    argv += ["--progress", "false"]
+    one = paper.main([*argv, "--out", str(tmp_path / "one")])
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(root))
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.paper", *argv, "--host-devices", "2",
+         "--out", str(tmp_path / "two")],
+        capture_output=True, text=True, timeout=600, env=env, cwd=root,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (two_cell,) = (tmp_path / "two").glob("*/cells/*.json")
+    (one_cell,) = (one["folder"] / "cells").glob("*.json")
+    a, b = json.loads(one_cell.read_text()), json.loads(two_cell.read_text())
+    assert a["cell"] == b["cell"] and (a["result"]["devices"], b["result"]["devices"]) == (1, 2)
+    for key in ("train_loss", "test_loss"):  # float32 sums in another order, nothing more
+        np.testing.assert_allclose(
+            b["result"]["curves"][key], a["result"]["curves"][key], atol=1e-5
+        )
+    max_test = get_quick_config().max_test  # at most one test example may flip
+    acc_a, acc_b = np.asarray(a["result"]["curves"]["test_acc"]), b["result"]["curves"]["test_acc"]
+    assert np.max(np.abs(acc_a - np.asarray(acc_b))) <= 100.0 / max_test
+
+    # The option names its own results folder; runs without it keep their folder names.
+    cfg = get_quick_config()
+    fields = dataclasses.asdict(cfg)
+    for k in ("out", "name", "progress", "curve_cells", "level", "host_devices"):
+        fields.pop(k)
+    assert paper.run_name(cfg) == f"paper-digits-{config_hash(fields)}"
+    assert paper.run_name(dataclasses.replace(cfg, host_devices=2)) != paper.run_name(cfg)
