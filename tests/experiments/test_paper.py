@@ -112,8 +112,9 @@ def test_a_cell_killed_mid_run_resumes_from_its_checkpoint_with_the_same_numbers
 
 
 def test_paper_cell_on_two_host_devices_gives_the_one_device_numbers(tmp_path):
-    # One cell (SP, delta 0.07, E = 1) of the quick grid, clients sharded over 2 CPU devices in a
-    # subprocess (the device count must be set before JAX starts), against one device here.
+    # One cell (SP, delta 0.07, E = 1) of the quick grid with its clients sharded over 2 CPU
+    # devices, against one device; each in a subprocess (the device count must be set before JAX
+    # starts, and both then run with the same JAX settings).
     import dataclasses
     import json
     import os
@@ -126,17 +127,20 @@ def test_paper_cell_on_two_host_devices_gives_the_one_device_numbers(tmp_path):
     root = Path(__file__).resolve().parents[2]
     argv = ["--quick", "--operators", "sp", "--deltas", "0.07", "--epochs", "1"]
     argv += ["--progress", "false"]
-    one = paper.main([*argv, "--out", str(tmp_path / "one")])
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(root))
-    proc = subprocess.run(
-        [sys.executable, "-m", "experiments.paper", *argv, "--host-devices", "2",
-         "--out", str(tmp_path / "two")],
-        capture_output=True, text=True, timeout=600, env=env, cwd=root,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (two_cell,) = (tmp_path / "two").glob("*/cells/*.json")
-    (one_cell,) = (one["folder"] / "cells").glob("*.json")
-    a, b = json.loads(one_cell.read_text()), json.loads(two_cell.read_text())
+
+    def cell_record(devices: int) -> dict:  # both in subprocesses: the same JAX settings
+        out = tmp_path / f"devices_{devices}"
+        proc = subprocess.run(
+            [sys.executable, "-m", "experiments.paper", *argv, "--host-devices", str(devices),
+             "--out", str(out)],
+            capture_output=True, text=True, timeout=600, env=env, cwd=root,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        (cell,) = out.glob("*/cells/*.json")
+        return json.loads(cell.read_text())
+
+    a, b = cell_record(1), cell_record(2)
     assert a["cell"] == b["cell"] and (a["result"]["devices"], b["result"]["devices"]) == (1, 2)
     for key in ("train_loss", "test_loss"):  # float32 sums in another order, nothing more
         np.testing.assert_allclose(
