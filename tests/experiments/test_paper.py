@@ -111,32 +111,21 @@ def test_a_cell_killed_mid_run_resumes_from_its_checkpoint_with_the_same_numbers
         np.testing.assert_array_equal(resumed["metrics"][term], whole["metrics"][term])
 
 
-def test_paper_cell_on_two_host_devices_gives_the_one_device_numbers(tmp_path):
+def test_paper_cell_on_two_host_devices_gives_the_one_device_numbers(tmp_path, run_module):
     # One cell (SP, delta 0.07, E = 1) of the quick grid with its clients sharded over 2 CPU
     # devices, against one device; each in a subprocess (the device count must be set before JAX
     # starts, and both then run with the same JAX settings).
     import dataclasses
     import json
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
 
     from experiments.common.io import config_hash
 
-    root = Path(__file__).resolve().parents[2]
     argv = ["--quick", "--operators", "sp", "--deltas", "0.07", "--epochs", "1"]
     argv += ["--progress", "false"]
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(root))
 
     def cell_record(devices: int) -> dict:  # both in subprocesses: the same JAX settings
         out = tmp_path / f"devices_{devices}"
-        proc = subprocess.run(
-            [sys.executable, "-m", "experiments.paper", *argv, "--host-devices", str(devices),
-             "--out", str(out)],
-            capture_output=True, text=True, timeout=600, env=env, cwd=root,
-        )  # fmt: skip
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        run_module("experiments.paper", *argv, "--host-devices", str(devices), "--out", str(out))
         (cell,) = out.glob("*/cells/*.json")
         return json.loads(cell.read_text())
 

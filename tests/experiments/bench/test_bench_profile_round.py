@@ -1,18 +1,12 @@
 """The per-op profile: HLO parsing against closed forms, and the --quick run's bookkeeping."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import pytest
 
 from experiments.bench import profile_round
-
-ROOT = Path(__file__).resolve().parents[3]
 
 
 def compiled_text(fn, *args):
@@ -99,14 +93,10 @@ def test_quick_run_writes_consistent_json(tmp_path):
     assert sum(r["share"] for r in dots) == pytest.approx(summary["dot_share"])
 
 
-def test_quick_run_on_two_host_devices_profiles_the_sharded_round_too(tmp_path):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
-    proc = subprocess.run(
-        [sys.executable, "-m", "experiments.bench.profile_round", "--quick", "--host-devices", "2",
-         "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=300, env=env, cwd=ROOT,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_quick_run_on_two_host_devices_profiles_the_sharded_round_too(tmp_path, run_module):
+    run_module(
+        "experiments.bench.profile_round", "--quick", "--host-devices", "2", "--out", str(tmp_path)
+    )
     data = json.loads((tmp_path / "profile_round.json").read_text())
     sharded = [s for s in data["summary"] if s["workload"] == "tiny, 2 devices"]
     assert len(sharded) == 1 and sharded[0]["dots_alone_s"] > 0

@@ -1,14 +1,8 @@
 """Benchmark 2 (vmap vs per-client loops) runs in its --quick form and writes valid JSON."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 from experiments.bench import vmap_vs_loop
-
-ROOT = Path(__file__).resolve().parents[3]
 
 
 def _check_rows(data, variants):
@@ -30,15 +24,11 @@ def test_quick_run_writes_json(tmp_path):
     assert len(data["env"]["devices"]) == 1
 
 
-def test_quick_run_on_two_host_devices(tmp_path):
+def test_quick_run_on_two_host_devices(tmp_path, run_module):
     # --host-devices must act before JAX starts, so it runs in a fresh process.
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
-    proc = subprocess.run(
-        [sys.executable, "-m", "experiments.bench.vmap_vs_loop", "--quick", "--host-devices", "2",
-         "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=300, env=env, cwd=ROOT,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_module(
+        "experiments.bench.vmap_vs_loop", "--quick", "--host-devices", "2", "--out", str(tmp_path)
+    )
     data = json.loads((tmp_path / "vmap_vs_loop.json").read_text())
     _check_rows(
         data,
