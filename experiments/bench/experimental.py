@@ -25,7 +25,9 @@ Two more suites (``--suite``):
   and the backward ``dB = g^T u``, ``du = g B``, ``dA = du^T x``) written four ways: the client
   axis leading (what ``jax.vmap`` gives), the client axis second (batch-major), broadcast
   multiply-and-sum (no GEMM), and, for small ``m``, one dense product against every client's
-  factors keeping the diagonal blocks (``m`` times the FLOPs; GFLOP/s count only the useful ones).
+  factors keeping the diagonal blocks (``m`` times the FLOPs; GFLOP/s count only the useful ones);
+  and, as a yardstick for XLA:CPU's kernels, the same products by numpy's batched ``matmul``
+  (``numpy_blas``: its BLAS, OpenBLAS in numpy's wheels; threads as ``OPENBLAS_NUM_THREADS``).
 
 * ``svd``: the round with SP and ``theory.round_metrics`` (the paper experiment's cell: SVDs in the
   aggregation and the metrics), its CPU SVD through ``abo_jax.linalg``'s buffer callback (the
@@ -409,6 +411,16 @@ def lora_products(layout: str, m: int):
     return fn
 
 
+def numpy_lora_products(x, a, b, g):
+    """:func:`lora_products` (``client_leading``) with numpy's ``matmul`` on host arrays."""
+    u = np.matmul(x, np.swapaxes(a, 1, 2))
+    du = np.matmul(g, b)
+    z = np.matmul(u, np.swapaxes(b, 1, 2))
+    db = np.matmul(np.swapaxes(g, 1, 2), u)
+    da = np.matmul(np.swapaxes(du, 1, 2), x)
+    return z, db, da
+
+
 def suite_products(args, spec: W.RoundSpec):
     """The LoRA products of layer 1 (``k = sizes[0]``) and layer 2 of ``spec``, four layouts."""
     thunks, compile_s, outs = {}, {}, {}
@@ -429,6 +441,11 @@ def suite_products(args, spec: W.RoundSpec):
                 jax.jit(lora_products(layout, m)), x, a, b, g
             )
             outs[name] = thunks[name]()
+        # Not JAX: the same products by numpy's batched matmul (its BLAS), for the kernels' rate.
+        host = [np.asarray(v) for v in (x, a, b, g)]
+        name = f"layer{layer} numpy_blas"
+        thunks[name], compile_s[name] = (lambda h=host: numpy_lora_products(*h)), 0.0
+        outs[name] = thunks[name]()
     return thunks, compile_s, outs, useful
 
 

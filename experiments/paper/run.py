@@ -25,12 +25,12 @@ from abo_jax.simulation import make_simulation, paper_sgd, run
 from experiments.common import limit_blas_threads
 from experiments.common.config import parse_config
 from experiments.common.datasets import load_dataset, one_class_per_client, pad_clients
-from experiments.common.devices import client_mesh, use_host_devices
 from experiments.common.grid import cell_id, run_grid
 from experiments.common.io import atomic_write_csv, atomic_write_json, config_hash, results_dir
 from experiments.common.plotting import curves_with_band, heatmap_triptych, plt, save
 from experiments.common.progress import log
 from experiments.common.stats import mean_ci
+from experiments.devices import client_mesh, use_host_devices
 from experiments.paper.claim import claim_verdict, format_verdict
 from experiments.paper.config import PaperConfig, get_config, get_quick_config
 from theory.functionals import round_metrics

@@ -56,3 +56,20 @@ def test_the_shuffle_swap_traces_key_value_sorts_and_restores_the_library():
     restored = epoch_batches.lower(jax.random.key(0), mask, 8).as_text()
     assert sorts(restored) and all(n == 1 for n in sorts(restored))
     assert 2 in sorts(swapped)
+
+
+def test_numpy_lora_products_equal_the_jax_layouts():
+    # The products suite's numpy yardstick computes what its JAX layouts compute.
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    m, bs, k, d, r = 3, 5, 7, 6, 2
+    x, g = rng.standard_normal((m, bs, k)), rng.standard_normal((m, bs, d))
+    a, b = rng.standard_normal((m, r, k)), rng.standard_normal((m, d, r))
+    ours = experimental.numpy_lora_products(x, a, b, g)
+    for layout in ("client_leading", "client_second", "dense_diagonal"):
+        ref = experimental.lora_products(layout, m)(x, a, b, g)
+        for o, e in zip(ours, ref, strict=True):
+            np.testing.assert_allclose(o, np.asarray(e), rtol=1e-12, atol=1e-12)
+    z, db, da = ours  # and one entry by hand: z_c = (x_c a_c^T) b_c^T
+    np.testing.assert_allclose(z[1], (x[1] @ a[1].T) @ b[1].T, rtol=1e-12)

@@ -3,6 +3,9 @@
 XLA:CPU runs one device's program mostly as one stream; with ``jax_num_cpu_devices`` (set before
 JAX's first computation) and ``make_simulation(mesh=...)`` each device trains its share of the
 clients and the cores run the shares side by side (``experiments/bench/RESULTS.md``).
+
+Not part of ``experiments.common``: importing that package sets ``OPENBLAS_NUM_THREADS``, and the
+benchmarks, which use these helpers, must run with the environment their user set (they record it).
 """
 
 from __future__ import annotations
