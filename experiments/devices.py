@@ -14,7 +14,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-__all__ = ["use_host_devices", "mesh_devices", "client_mesh"]
+__all__ = ["use_host_devices", "mesh_devices", "host_mesh"]
 
 
 def use_host_devices(n: int) -> int:
@@ -40,7 +40,9 @@ def mesh_devices(m: int) -> int:
     return max(d for d in range(1, jax.device_count() + 1) if m % d == 0)
 
 
-def client_mesh(m: int) -> Mesh | None:
-    """A ``("clients",)`` mesh over :func:`mesh_devices` ``(m)`` devices, or None for one."""
-    d = mesh_devices(m)
-    return Mesh(np.array(jax.devices()[:d]), ("clients",)) if d > 1 else None
+def host_mesh(devices: int, axis: str = "clients") -> Mesh | None:
+    """A one-axis mesh over the first ``devices`` JAX devices, or None for one device.
+
+    ``host_mesh(mesh_devices(m))`` splits ``m`` clients over as many devices as divide it.
+    """
+    return Mesh(np.array(jax.devices()[:devices]), (axis,)) if devices > 1 else None

@@ -227,8 +227,9 @@ def make_simulation(
         named ``"runs"`` (with ``num_runs`` divisible by its size): each device holds whole runs
         (seeds), the data is replicated, and the runs train side by side.
         On CPU, several host devices (``jax.config.update("jax_num_cpu_devices", n)`` before
-        JAX starts) let the cores run devices' shares side by side (1.7x to 2x per round on 2
-        cores, ``experiments/bench``).
+        JAX starts) let the cores run devices' shares side by side (on 2 cores, against a
+        one-device process: 1.4x per round for the paper's 10 clients, 2x for 1000 small ones;
+        ``experiments/bench/RESULTS.md``).
       loss_fn: ``(logits, labels, mask) -> scalar`` (default masked mean cross-entropy).
       max_traces: if set, the round raises when traced more often (``chex.assert_max_traces``).
       train_only_sampled: with a fixed-count sampler (:func:`uniform_sampling`), train only the

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.devices import mesh_devices, use_host_devices  # noqa: F401 - re-exported
+from experiments.devices import host_mesh, mesh_devices, use_host_devices  # noqa: F401 - re-exported
 
 __all__ = [
     "Timing",

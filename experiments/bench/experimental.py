@@ -320,19 +320,16 @@ def suite_svd(args, spec: W.RoundSpec):
     )
     data = R.client_data(problem)
     state = sim.init(jax.random.key(0), data)
-    inputs = sim.prepare(state, data)
-    thunks, compile_s, outs = {}, {}, {}
-    for name, ctx in (
-        ("buffer_callback (abo_jax.linalg)", contextlib.nullcontext),
-        ("pure_callback (before)", _pure_callback_svd),
-    ):
-        with ctx():  # a fresh jit of the same function: traced again under the swap
-            fn = jax.jit(lambda s, d, i: sim.round_step(s, d, i))
-            compiled, compile_s[name] = common.compile_timed(fn, state, data, inputs)
-        thunks[name] = lambda c=compiled: c(state, data, inputs)
-        new_state, metrics = compiled(state, data, inputs)
-        outs[name] = jax.tree.map(lambda v: np.asarray(v, float), (new_state.clients, metrics))
-    return thunks, compile_s, outs, 1
+    return _swapped_rounds(
+        sim,
+        state,
+        data,
+        sim.prepare(state, data),
+        (
+            ("buffer_callback (abo_jax.linalg)", contextlib.nullcontext),
+            ("pure_callback (before)", _pure_callback_svd),
+        ),
+    )
 
 
 @contextlib.contextmanager
@@ -352,24 +349,28 @@ def _xla_sort_shuffle():
         _padding.epoch_batches.clear_cache()
 
 
-def _swapped_rounds(spec: W.RoundSpec, variants):
-    """The plain round compiled once per ``(name, context)``, traced inside the context."""
-    problem = W.make_problem(spec)
-    *_, sim, state, data, inputs = R.sim_setup(spec, problem)
+def _swapped_rounds(sim, state, data, inputs, variants):
+    """``sim``'s round compiled once per ``(name, context)``, traced inside the context; the
+    outputs compared are the clients' new state and the round's metrics."""
     thunks, compile_s, outs = {}, {}, {}
     for name, ctx in variants:
         with ctx():  # a fresh jit of the same function: traced again under the swap
             fn = jax.jit(lambda s, d, i: sim.round_step(s, d, i))
             compiled, compile_s[name] = common.compile_timed(fn, state, data, inputs)
         thunks[name] = lambda c=compiled: c(state, data, inputs)
-        outs[name] = jax.tree.map(np.asarray, compiled(state, data, inputs)[0].clients)
+        new_state, metrics = compiled(state, data, inputs)
+        outs[name] = jax.tree.map(lambda v: np.asarray(v, float), (new_state.clients, metrics))
     return thunks, compile_s, outs, 1
 
 
 def suite_shuffle(args, spec: W.RoundSpec):
     """The plain round, epoch orders from ``abo_jax.data._shuffle`` vs XLA's key-value sorts."""
+    *_, sim, state, data, inputs = R.sim_setup(spec, W.make_problem(spec))
     return _swapped_rounds(
-        spec,
+        sim,
+        state,
+        data,
+        inputs,
         (
             ("one-operand sorts (abo_jax.data._shuffle)", contextlib.nullcontext),
             ("key-value sorts (before)", _xla_sort_shuffle),

@@ -50,7 +50,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import NamedSharding, PartitionSpec
 
 from experiments.bench import common
 from experiments.bench import rounds as R
@@ -188,27 +188,19 @@ def dots_alone(dots: list[tuple[dict, int]], seed: int = 0, devices: int = 1) ->
         ]
         numbers = [dot["dimension_numbers"] for dot in group]
 
-        def program(operands, numbers=numbers, runs=runs):
+        def products(held, numbers=numbers):
+            return [jax.lax.dot_general(a, b, n) for (a, b), n in zip(held, numbers, strict=True)]
+
+        def program(operands, products=products, runs=runs):
             def body(carry, _):
                 held = jax.lax.optimization_barrier(carry[0])
-                products = [
-                    jax.lax.dot_general(a, b, n) for (a, b), n in zip(held, numbers, strict=True)
-                ]
-                return (held, products), None
+                return (held, products(held)), None
 
-            start = [
-                jnp.zeros(s.shape, s.dtype)
-                for s in jax.eval_shape(
-                    lambda ops: [
-                        jax.lax.dot_general(a, b, n) for (a, b), n in zip(ops, numbers, strict=True)
-                    ],
-                    operands,
-                )
-            ]
+            start = [jnp.zeros(s.shape, s.dtype) for s in jax.eval_shape(products, operands)]
             return jax.lax.scan(body, (operands, start), None, length=runs)[0][1]
 
         if devices > 1:  # one copy of the operands per device, each device runs the program
-            mesh = Mesh(np.array(jax.devices()[:devices]), ("devices",))
+            mesh = common.host_mesh(devices, "devices")
             operands = jax.device_put(
                 jax.tree.map(lambda x: jnp.broadcast_to(x, (devices, *x.shape)), operands),
                 NamedSharding(mesh, PartitionSpec("devices")),
@@ -261,9 +253,8 @@ def _round(spec: W.RoundSpec, problem: W.Problem, devices: int, client_chunk, se
         h = R.make_harness(spec, problem, seed=seed)
         thunk, compiled, _ = common.compiled_thunk(h.vmapped, *h.vmapped_args)
         return thunk, compiled, h.impl
-    mesh = Mesh(np.array(jax.devices()[:devices]), ("clients",))
     *_, sim, state, data, inputs = R.sim_setup(
-        spec, problem, mesh=mesh, seed=seed, client_chunk=client_chunk
+        spec, problem, mesh=common.host_mesh(devices), seed=seed, client_chunk=client_chunk
     )
     thunk, compiled, _ = common.compiled_thunk(sim.round, state, data, inputs)
     return thunk, compiled, "sim"

@@ -242,9 +242,7 @@ def sim_variant(
     (``h.global_of(h.vmapped(*h.vmapped_args))`` of the ``"sim"`` harness), so every variant is
     known to compute the same numbers.
     """
-    from jax.sharding import Mesh
-
-    mesh = Mesh(np.array(jax.devices()[:devices]), ("clients",)) if devices > 1 else None
+    mesh = common.host_mesh(devices)
     *_, sim, state, data, inputs = sim_setup(
         spec, problem, mesh=mesh, seed=seed, client_chunk=client_chunk
     )

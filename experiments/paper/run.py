@@ -30,7 +30,7 @@ from experiments.common.io import atomic_write_csv, atomic_write_json, config_ha
 from experiments.common.plotting import curves_with_band, heatmap_triptych, plt, save
 from experiments.common.progress import log
 from experiments.common.stats import mean_ci
-from experiments.devices import client_mesh, use_host_devices
+from experiments.devices import host_mesh, mesh_devices, use_host_devices
 from experiments.paper.claim import claim_verdict, format_verdict
 from experiments.paper.config import PaperConfig, get_config, get_quick_config
 from theory.functionals import round_metrics
@@ -331,7 +331,7 @@ def run_paper(cfg: PaperConfig) -> dict:
       "plots": [paths]}``.
     """
     use_host_devices(cfg.host_devices)  # before any JAX computation in this process
-    mesh = client_mesh(cfg.num_clients) if cfg.host_devices > 1 else None
+    mesh = host_mesh(mesh_devices(cfg.num_clients)) if cfg.host_devices > 1 else None
     folder = results_dir(cfg.out, run_name(cfg))
     atomic_write_json(folder / "config.json", dataclasses.asdict(cfg))
     cache = _DataCache(cfg)

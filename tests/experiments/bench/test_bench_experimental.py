@@ -1,4 +1,4 @@
-"""The EXPERIMENT suite ``svd`` runs in its --quick form: both SVD paths, the same round."""
+"""The EXPERIMENT suites that swap a library path (svd, shuffle), and the products yardstick."""
 
 import json
 
@@ -10,15 +10,20 @@ from abo_jax.linalg import svd
 from experiments.bench import experimental
 
 
-def test_svd_suite_compares_the_two_callbacks_on_the_same_round(tmp_path):
-    experimental.main(["--suite", "svd", "--quick", "--reps", "2", "--out", str(tmp_path)])
-    rows = json.loads((tmp_path / "experimental_svd.json").read_text())["rows"]
-    assert [r["variant"] for r in rows] == [
-        "buffer_callback (abo_jax.linalg)",
-        "pure_callback (before)",
-    ]
+@pytest.mark.parametrize(
+    "suite, variants",
+    [
+        ("svd", ["buffer_callback (abo_jax.linalg)", "pure_callback (before)"]),
+        ("shuffle", ["one-operand sorts (abo_jax.data._shuffle)", "key-value sorts (before)"]),
+    ],
+)
+def test_swap_suites_time_both_paths_of_the_same_round(tmp_path, suite, variants):
+    experimental.main(["--suite", suite, "--quick", "--reps", "2", "--out", str(tmp_path)])
+    rows = json.loads((tmp_path / f"experimental_{suite}.json").read_text())["rows"]
+    assert [r["variant"] for r in rows] == variants
     assert all(r["call_s"] > 0 for r in rows)
-    # Both run numpy's SVD on the same operands: the round and its metrics agree exactly.
+    # svd: numpy's SVD of the same operands either way; shuffle: the same epoch orders. So the
+    # round (clients and metrics) agrees exactly.
     assert rows[1]["max_abs_diff_vs_first"] == 0.0
 
 
@@ -30,18 +35,6 @@ def test_the_swap_traces_the_old_callback_and_restores_the_library():
     restored = jax.jit(lambda a: svd(a)).lower(x).as_text()
     assert "xla_buffer_python_cpu_callback" in restored
     assert "xla_buffer_python_cpu_callback" not in swapped and "callback" in swapped
-
-
-def test_shuffle_suite_gives_the_same_round_with_either_sort(tmp_path):
-    experimental.main(["--suite", "shuffle", "--quick", "--reps", "2", "--out", str(tmp_path)])
-    rows = json.loads((tmp_path / "experimental_shuffle.json").read_text())["rows"]
-    assert [r["variant"] for r in rows] == [
-        "one-operand sorts (abo_jax.data._shuffle)",
-        "key-value sorts (before)",
-    ]
-    assert all(r["call_s"] > 0 for r in rows)
-    # The same epoch orders either way, so the same round, bit for bit.
-    assert rows[1]["max_abs_diff_vs_first"] == 0.0
 
 
 def test_the_shuffle_swap_traces_key_value_sorts_and_restores_the_library():
