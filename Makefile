@@ -9,7 +9,7 @@ EXTRAS := plots,data,notebooks,bench,test
 # One OpenBLAS thread per LAPACK call: its own thread pool oversubscribes small shared machines.
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: install demo test lint format clean
+.PHONY: install demo test lint format clean fashion-mnist
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m experiments.demo
+
+# Fashion-MNIST for the paper's experiment (Debian/Ubuntu, as root): IDX files under
+# /usr/share/datasets/fashion-mnist/, where the loaders look by default.
+fashion-mnist:
+	apt-get install -y dataset-fashion-mnist
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

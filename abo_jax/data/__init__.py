@@ -2,7 +2,7 @@
 
 Typical use (numpy on the host, then jax arrays with fixed shapes)::
 
-    ds = load_dataset("digits", flatten=True)
+    ds = load_dataset("digits", flatten=True, normalization="standardize")
     part = one_class_per_client(ds.y_train, key=jax.random.key(0))
     data = pad_clients(ds.x_train, ds.y_train, part)          # ClientData (m, n_max, ...)
     weights = client_weights(data.sizes)                      # p_i = n_i / sum n
@@ -12,9 +12,13 @@ Typical use (numpy on the host, then jax arrays with fixed shapes)::
 
 from abo_jax.data._datasets import (
     DATASET_NAMES,
+    NORMALIZATIONS,
+    PAPER_NORMALIZATION,
     Dataset,
     load_dataset,
     load_digits,
+    normalization_constants,
+    normalize,
     stratified_split,
 )
 from abo_jax.data._idx import (
@@ -43,6 +47,10 @@ __all__ = [
     "load_dataset",
     "load_digits",
     "stratified_split",
+    "normalize",
+    "normalization_constants",
+    "NORMALIZATIONS",
+    "PAPER_NORMALIZATION",
     "load_idx",
     "load_mnist_family",
     "mnist_family_directory",

@@ -7,7 +7,7 @@ from the content, not the name.
 Where the data come from:
 
 * Fashion-MNIST: the Debian package ``dataset-fashion-mnist`` installs it under
-  ``/usr/share/datasets/fashion-mnist/`` (the default here); else
+  ``/usr/share/datasets/fashion-mnist/`` (the default here; ``make fashion-mnist`` installs it); else
   https://github.com/zalandoresearch/fashion-mnist.
 * MNIST: the four files ``train-images-idx3-ubyte.gz`` ... from the MNIST home page or a mirror.
 * KMNIST: the MNIST-format files from https://github.com/rois-codh/kmnist.
@@ -68,7 +68,8 @@ MNIST_FAMILY: dict[str, dict[str, str | None]] = {
         "env": "ABO_JAX_FASHION_MNIST_DIR",
         "default": FASHION_MNIST_DEFAULT_DIR,
         "subdirs": "fashion-mnist,fashion_mnist,FashionMNIST",
-        "how": "run `apt-get install dataset-fashion-mnist` (Debian/Ubuntu; installs "
+        "how": "run `make fashion-mnist` in the abo-jax checkout (as root: it runs "
+        "`apt-get install -y dataset-fashion-mnist`, Debian/Ubuntu, which installs "
         f"{FASHION_MNIST_DEFAULT_DIR}) or download the four IDX files from "
         "https://github.com/zalandoresearch/fashion-mnist",
     },
@@ -280,7 +281,8 @@ def load_mnist_family(
 
     Returns:
       ``(images, labels)``: float32 ``(n, 28, 28)`` (or ``(n, 784)``) scaled to ``[0, 1]``, and
-      int32 ``(n,)`` labels in ``0..9``.
+      int32 ``(n,)`` labels in ``0..9``. :func:`abo_jax.data.load_dataset` applies the input
+      normalization (``normalization="paper"`` for the authors' constants).
 
     Raises:
       FileNotFoundError: the directory or a file is missing (the message says how to get it).

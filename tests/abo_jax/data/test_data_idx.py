@@ -165,7 +165,9 @@ def test_images_not_idx3(tmp_path):
 def test_missing_directory_message(tmp_path, monkeypatch):
     for var in ("ABO_JAX_DATA_DIR", "ABO_JAX_FASHION_MNIST_DIR", "ABO_JAX_KMNIST_DIR"):
         monkeypatch.delenv(var, raising=False)
-    with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
+    with pytest.raises(
+        FileNotFoundError, match="make fashion-mnist.*apt-get install -y dataset-fashion-mnist"
+    ):
         load_mnist_family(tmp_path / "absent", name="fashion_mnist")
     with pytest.raises(FileNotFoundError, match="ABO_JAX_KMNIST_DIR"):
         load_mnist_family(name="kmnist")  # no default directory for KMNIST
