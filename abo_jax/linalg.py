@@ -30,20 +30,44 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental.buffer_callback import buffer_callback
 
-__all__ = ["svd"]
+__all__ = ["svd", "qr", "HALF_DTYPES"]
+
+#: floating dtypes LAPACK has no kernels for: factorized in float32 and cast back
+HALF_DTYPES = (jnp.float16, jnp.bfloat16)
+
+
+def _is_half(dtype) -> bool:
+    return any(jnp.dtype(dtype) == jnp.dtype(h) for h in HALF_DTYPES)
 
 
 def _host_svd(x: np.ndarray):
-    """numpy's thin SVD of a stack ``(..., n, p)``; NaNs (not an error) when LAPACK fails."""
+    """numpy's thin SVD of a stack ``(..., n, p)``; NaNs (never an error, never a hang) where a
+    matrix is not finite or LAPACK fails.
+
+    Finiteness is checked before LAPACK is called: on a matrix holding an ``inf``, LAPACK's SVD
+    has been seen to iterate without end (SP's dense path on ``(6, 5)``, inside ``jit``), so a
+    non-finite matrix never reaches it.
+    """
     x = np.asarray(x)
-    try:
-        out = np.linalg.svd(x, full_matrices=False)
-    except np.linalg.LinAlgError:  # non-finite input: NaNs, as jnp.linalg.svd gives
-        n, p = x.shape[-2:]
-        q = min(n, p)
-        nan = lambda *shape: np.full(x.shape[:-2] + shape, np.nan, x.dtype)
-        out = (nan(n, q), nan(q), nan(q, p))
-    return tuple(np.asarray(a, x.dtype) for a in out)
+    n, p = x.shape[-2:]
+    q = min(n, p)
+    u = np.full(x.shape[:-2] + (n, q), np.nan, x.dtype)
+    s = np.full(x.shape[:-2] + (q,), np.nan, x.dtype)
+    vt = np.full(x.shape[:-2] + (q, p), np.nan, x.dtype)
+    ok = np.all(np.isfinite(x), axis=(-2, -1))  # one flag per matrix of the stack
+    if np.all(ok):
+        try:
+            return tuple(np.asarray(a, x.dtype) for a in np.linalg.svd(x, full_matrices=False))
+        except np.linalg.LinAlgError:  # no convergence: fall back to matrix by matrix
+            pass
+    for index in np.ndindex(ok.shape):
+        if not ok[index]:
+            continue
+        try:
+            u[index], s[index], vt[index] = np.linalg.svd(x[index], full_matrices=False)
+        except np.linalg.LinAlgError:  # leave this matrix's NaNs, as jnp.linalg.svd gives
+            pass
+    return u, s, vt
 
 
 def _svd_into(ctx, out, x):
@@ -101,17 +125,52 @@ def _svd_jvp(primals, tangents):
     return (u, s, vt), _svd_tangents(x, dx, u, s, vt)
 
 
+def _check_matrix(x, name: str) -> None:
+    if jnp.ndim(x) != 2:
+        raise ValueError(f"{name}: expected one matrix (n, p), got shape {jnp.shape(x)}; vmap it")
+    if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
+        raise ValueError(
+            f"{name}: expected a floating-point matrix, got dtype {jnp.result_type(x)}; "
+            "cast it first (e.g. x.astype(jnp.float32))"
+        )
+
+
 def svd(x: jax.Array, compute_uv: bool = True):
     """Thin SVD of one matrix ``x (n, p)`` (vmap it for a batch), as ``jnp.linalg.svd``.
 
+    float16 and bfloat16 (no LAPACK kernels) are factorized in float32 and the results cast back.
+
     Returns:
       ``u (n, q)``, ``s (q,)`` descending, ``vt (q, p)`` with ``q = min(n, p)`` and
-      ``x = u diag(s) vt``; only ``s`` when ``compute_uv=False``. Non-finite input gives NaNs.
+      ``x = u diag(s) vt``; only ``s`` when ``compute_uv=False``. Non-finite input (``nan`` or
+      ``inf``) gives NaNs at once: it never reaches LAPACK, which can loop forever on an ``inf``.
 
     Raises:
-      ValueError: ``x`` is not a matrix.
+      ValueError: ``x`` is not a floating-point matrix.
     """
-    if jnp.ndim(x) != 2:
-        raise ValueError(f"svd: expected one matrix (n, p), got shape {jnp.shape(x)}; vmap it")
-    u, s, vt = _svd(x)
+    _check_matrix(x, "svd")
+    dtype = jnp.result_type(x)
+    if _is_half(dtype):
+        u, s, vt = (y.astype(dtype) for y in _svd(jnp.asarray(x, jnp.float32)))
+    else:
+        u, s, vt = _svd(x)
     return (u, s, vt) if compute_uv else s
+
+
+def qr(x: jax.Array):
+    """Reduced QR of one matrix ``x (n, p)``, as ``jnp.linalg.qr`` (float16/bfloat16 in float32).
+
+    Returns:
+      ``q (n, min(n, p))`` with orthonormal columns and upper-triangular ``r (min(n, p), p)``.
+      Non-finite input gives non-finite output (LAPACK's QR terminates on it).
+
+    Raises:
+      ValueError: ``x`` is not a floating-point matrix.
+    """
+    _check_matrix(x, "qr")
+    dtype = jnp.result_type(x)
+    if _is_half(dtype):
+        q, r = jnp.linalg.qr(jnp.asarray(x, jnp.float32))
+        return q.astype(dtype), r.astype(dtype)
+    q, r = jnp.linalg.qr(x)
+    return q, r

@@ -29,6 +29,7 @@ from abo_jax.aggregation._base import (
     validate_clients,
     validate_weights,
     weighted_sum,
+    weights_diagnostics,
 )
 from abo_jax.aggregation.fedavg import fedavg_full, fedavg_gap, merge_broadcast, merge_clients
 from abo_jax.aggregation.fedex import fedex
@@ -63,6 +64,7 @@ __all__ = [
     "validate_clients",
     "validate_weights",
     "weighted_sum",
+    "weights_diagnostics",
     "product_sum",
     "sum_product",
     "sp_svd",

@@ -14,7 +14,8 @@ manner of optax's ``GradientTransformation``)::
 * ``broadcast.base_delta``: a pytree like ``clients`` with a dense ``(d, k)`` correction (peft
   orientation, already multiplied by the LoRA scale) to add to each frozen base weight, or ``None``.
 * ``diagnostics``: a dict of arrays; every operator made with :func:`make_abo` reports ``finite``
-  (scalar bool), ``bytes_up`` and ``bytes_down`` (``(m,)``, zero for clients of weight 0).
+  (scalar bool), ``weights_sum`` (scalar), ``weights_valid`` (scalar bool: finite, ``>= 0``,
+  summing to 1), ``bytes_up`` and ``bytes_down`` (``(m,)``, zero for clients of weight 0).
   Per-layer diagnostics are stacked in tree order of the adapted layers (leading axis ``L``).
 * Array leaves of ``clients`` that are not LoRA factors (e.g. trainable biases) are averaged with the
   weights and broadcast by every operator (FedAvg), unless the operator says otherwise.
@@ -48,6 +49,7 @@ __all__ = [
     "tree_bytes_per_client",
     "validate_clients",
     "validate_weights",
+    "weights_diagnostics",
     "is_concrete",
     "all_finite",
     "LayerResult",
@@ -84,9 +86,31 @@ class ABO(NamedTuple):
     aggregate: Callable[..., tuple[Broadcast, Any, dict[str, jax.Array]]]
 
 
+def _check_floating(x: Any, where: str) -> None:
+    dtype = jnp.result_type(x)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(
+            f"{where}: dtype {dtype} is not a real floating-point type; averaging it in integer "
+            "(or complex/bool) arithmetic would be wrong (1/3 -> 0). Cast the factors first, "
+            "e.g. jax.tree.map(lambda x: x.astype(jnp.float32), clients)"
+        )
+
+
 def weighted_sum(tree: Any, weights: jax.Array) -> Any:
-    """``sum_i p_i x_i`` over the leading client axis of every leaf (``'c,c...->...'``)."""
-    return jax.tree.map(lambda x: jnp.einsum("c,c...->...", weights.astype(x.dtype), x), tree)
+    """``sum_i p_i x_i`` over the leading client axis of every leaf (``'c,c...->...'``).
+
+    The weights are cast to each leaf's dtype, which must be floating-point (float16 and bfloat16
+    included).
+
+    Raises:
+      ValueError: a leaf is not floating-point (an integer mean would truncate the weights to 0).
+    """
+
+    def one(path, x):
+        _check_floating(x, f"weighted_sum: leaf {jax.tree_util.keystr(path) or '<root>'}")
+        return jnp.einsum("c,c...->...", weights.astype(x.dtype), x)
+
+    return jax.tree_util.tree_map_with_path(one, tree)
 
 
 def broadcast_to_clients(tree: Any, m: int) -> Any:
@@ -134,6 +158,8 @@ def validate_weights(weights: Any, m: int, *, normalize: bool = False, atol: flo
       ValueError: naming ``weights`` and what is wrong.
     """
     w = np.asarray(weights)
+    if m == 0:
+        raise ValueError("weights: there are no clients (m = 0); give at least one client")
     if w.shape != (m,):
         raise ValueError(f"weights: expected shape ({m},) (one per client), got {w.shape}")
     if not np.all(np.isfinite(w)):
@@ -152,10 +178,32 @@ def validate_weights(weights: Any, m: int, *, normalize: bool = False, atol: flo
     return jnp.asarray(weights)
 
 
+def weights_diagnostics(weights: jax.Array, *, normalize: bool = False, atol: float = 1e-5):
+    """What :func:`validate_weights` checks, as arrays (so it also reports under ``jit``).
+
+    Args:
+      weights: ``(m,)`` client weights as given to ``aggregate``.
+      normalize: the weights are divided by their sum (so only the sign and a positive sum count).
+      atol: tolerance on ``|sum p - 1|``.
+
+    Returns:
+      ``{"weights_sum": (), "weights_valid": () bool}``: ``weights_valid`` is True when every weight
+      is finite and ``>= 0``, their sum is positive and (unless ``normalize``) within ``atol`` of 1.
+    """
+    w = jnp.asarray(weights)
+    total = jnp.sum(w)
+    valid = jnp.all(jnp.isfinite(w)) & jnp.all(w >= 0) & (total > 0)
+    if not normalize:
+        valid = valid & (jnp.abs(total - 1) <= atol)
+    return {"weights_sum": total.astype(jnp.result_type(float)), "weights_valid": valid}
+
+
 def validate_clients(clients: Any, *, require_lora: bool = True) -> int:
     """Checks the stacked client tree: one client axis, matching ranks, finite values.
 
-    Shapes are checked always (also on tracers, at trace time); values only on concrete leaves.
+    Shapes and dtypes are checked always (also on tracers, at trace time); values only on concrete
+    leaves. Every leaf must be floating-point (float16 and bfloat16 included): integer factors
+    would be averaged in integer arithmetic.
 
     Returns:
       ``m``, the number of clients.
@@ -163,7 +211,8 @@ def validate_clients(clients: Any, *, require_lora: bool = True) -> int:
     Raises:
       ValueError: naming the offending argument and shapes.
     """
-    leaves = jax.tree.leaves(clients)
+    with_path = jax.tree_util.tree_leaves_with_path(clients)
+    leaves = [x for _, x in with_path]
     if not leaves:
         raise ValueError("clients: the pytree has no array leaves")
     m = leaves[0].shape[0] if leaves[0].ndim else None
@@ -173,6 +222,13 @@ def validate_clients(clients: Any, *, require_lora: bool = True) -> int:
                 f"clients: every leaf needs the same leading client axis; got shapes "
                 f"{[tuple(y.shape) for y in leaves]}"
             )
+    if m == 0:
+        raise ValueError(
+            "clients: the client axis is empty (m = 0, leaf shapes "
+            f"{[tuple(y.shape) for y in leaves]}); give at least one client"
+        )
+    for path, x in with_path:
+        _check_floating(x, f"clients{jax.tree_util.keystr(path)}")
     factors = lora_leaves(clients)
     if require_lora and not factors:
         raise ValueError("clients: no LoRAFactors leaves found")
@@ -234,6 +290,7 @@ def make_abo(
     def aggregate(clients, weights, state=None, *, normalize: bool = False):
         # Shapes are static, so they are checked even under jit; values only when concrete.
         m = validate_clients(clients, require_lora=require_lora)
+        weights_given = jnp.asarray(weights)
         if is_concrete(weights):
             weights = validate_weights(weights, m, normalize=normalize)
         else:
@@ -257,6 +314,7 @@ def make_abo(
         taking_part = (weights > 0).astype(jnp.result_type(float))
         diag = {
             **diag,
+            **weights_diagnostics(weights_given, normalize=normalize),
             "finite": all_finite(broadcast, clients),
             "bytes_up": taking_part * up,
             "bytes_down": taking_part * down,

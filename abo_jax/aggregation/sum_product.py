@@ -19,7 +19,7 @@ from abo_jax.aggregation._base import (
     make_abo,
     stateless_init,
 )
-from abo_jax.linalg import svd
+from abo_jax.linalg import qr, svd
 from abo_jax.lora import LoRAFactors
 
 __all__ = ["sum_product", "sp_svd", "stacked_svd", "svd_from_stacked", "split_svd"]
@@ -54,8 +54,8 @@ def svd_from_stacked(bs: jax.Array, as_: jax.Array):
     Returns:
       ``u (d, n)``, ``s (n,)`` descending, ``vt (n, k)``.
     """
-    qb, rb = jnp.linalg.qr(bs)  # (d, n), (n, n)
-    qa, ra = jnp.linalg.qr(as_.T)  # (k, n), (n, n)
+    qb, rb = qr(bs)  # (d, n), (n, n)
+    qa, ra = qr(as_.T)  # (k, n), (n, n)
     u_core, s, vt_core = svd(rb @ ra.T)
     return qb @ u_core, s, vt_core @ qa.T
 
