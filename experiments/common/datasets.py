@@ -24,11 +24,12 @@ __all__ = [
 DATASETS = ("digits", "fashion_mnist", "mnist", "kmnist", "qmnist")
 
 
-def load_dataset(name: str, data_dir: str | None = None) -> aj.Dataset:
-    """``abo_jax.load_dataset(name, directory=data_dir, flatten=True)`` with a checked name."""
+def load_dataset(name: str, data_dir: str | None = None, normalization: str = "none") -> aj.Dataset:
+    """``abo_jax.load_dataset(name, directory=data_dir, flatten=True, normalization=...)`` with a
+    checked name (``normalization``: ``"none"``, ``"paper"`` or ``"standardize"``)."""
     if name not in DATASETS:
         raise ValueError(f"dataset: expected one of {DATASETS}, got {name!r}")
-    return aj.load_dataset(name, directory=data_dir, flatten=True)
+    return aj.load_dataset(name, directory=data_dir, flatten=True, normalization=normalization)
 
 
 def dataset_available(name: str, data_dir: str | None = None) -> bool:

@@ -1,6 +1,7 @@
 """The paper grid's --quick run end to end: outputs well-formed, resumes after a failure mid-grid."""
 
 import csv
+import dataclasses
 
 import numpy as np
 
@@ -75,6 +76,16 @@ def test_paper_ranks_and_rounds_follow_the_protocol():
     assert paper.paper_ranks(0.07, num_hidden=3) == (11, 11, 11, 7)
     cfg = paper.PaperConfig()
     assert [paper.rounds_for(cfg, e) for e in (1, 2, 3, 5, 10)] == [300, 150, 100, 60, 30]
+    # The authors' loop is range(training_rounds + 1), round 0 training: 301 at E = 1, 31 at E = 10.
+    authors = paper.get_config("paper")
+    assert (authors.protocol, authors.seeds, authors.max_test) == ("paper", 1, 0)
+    assert [paper.rounds_for(authors, e) for e in (1, 2, 3, 5, 10)] == [301, 151, 101, 61, 31]
+    # Their normalization on their data sets; digits (not in the paper) is standardized.
+    assert authors.normalization == "paper"
+    assert paper.normalization_for(authors, "fashion_mnist") == "paper"
+    assert paper.normalization_for(authors, "digits") == "standardize"
+    for c in (cfg, authors, dataclasses.replace(cfg, normalization="none")):
+        assert paper.run_name(c).startswith(f"paper-fashion_mnist-{c.protocol}-{c.normalization}-")
 
 
 def test_a_cell_killed_mid_run_resumes_from_its_checkpoint_with_the_same_numbers(
@@ -139,10 +150,115 @@ def test_paper_cell_on_two_host_devices_gives_the_one_device_numbers(tmp_path, r
     acc_a, acc_b = np.asarray(a["result"]["curves"]["test_acc"]), b["result"]["curves"]["test_acc"]
     assert np.max(np.abs(acc_a - np.asarray(acc_b))) <= 100.0 / max_test
 
-    # The option names its own results folder; runs without it keep their folder names.
+    # The device count names its own results folder; the speed-only options do not.
     cfg = get_quick_config()
     fields = dataclasses.asdict(cfg)
-    for k in ("out", "name", "progress", "curve_cells", "level", "host_devices"):
+    for k in ("out", "name", "progress", "curve_cells", "level", *paper._SPEED_FIELDS):
         fields.pop(k)
-    assert paper.run_name(cfg) == f"paper-digits-{config_hash(fields)}"
+    assert paper.run_name(cfg) == f"paper-digits-project-standardize-{config_hash(fields)}"
     assert paper.run_name(dataclasses.replace(cfg, host_devices=2)) != paper.run_name(cfg)
+    assert paper.run_name(dataclasses.replace(cfg, rounds_per_dispatch=7)) == paper.run_name(cfg)
+
+
+def test_chunked_rounds_match_one_dispatch_per_round_and_resume_bit_identically(
+    tmp_path, monkeypatch
+):
+    # rounds_per_dispatch > 1 runs rounds and evaluations in one jitted loop: the numbers of
+    # abo_jax.run's loop up to float32 order, and a cell killed between chunks resumes exactly.
+    cfg = get_quick_config()
+    cell = next(c for c in paper.make_cells(cfg) if c["op"] == "ps" and c["rounds"] == 3)
+    cache = paper._DataCache(cfg)
+    loop = paper._run_cell(cell, cache, False, tmp_path / "loop", rounds_per_dispatch=1)
+    chunked = paper._run_cell(cell, cache, False, tmp_path / "chunked", rounds_per_dispatch=2)
+    assert chunked["rounds_per_dispatch"] == 2
+    for key in ("train_loss", "test_loss"):
+        np.testing.assert_allclose(chunked["curves"][key], loop["curves"][key], rtol=1e-4)
+    flips = np.abs(np.asarray(chunked["curves"]["test_acc"]) - loop["curves"]["test_acc"])
+    assert np.max(flips) <= 100.0 / cfg.max_test  # at most one test example may flip
+    for term in paper.MISMATCH_TERMS:
+        np.testing.assert_allclose(chunked["metrics"][term], loop["metrics"][term], rtol=1e-3)
+
+    real = paper.train_in_chunks
+
+    def killed_after_first_chunk(*args, **kwargs):
+        def stop(done):
+            if done == 2:
+                raise KeyboardInterrupt("killed")
+
+        return real(*args, **kwargs, callback=stop)
+
+    monkeypatch.setattr(paper, "train_in_chunks", killed_after_first_chunk)
+    folder = tmp_path / "killed"
+    try:
+        paper._run_cell(cell, cache, False, folder, rounds_per_dispatch=2)
+        raise AssertionError("the run should have been interrupted")
+    except KeyboardInterrupt:
+        pass
+    assert len(list((folder / "partial").glob("*.ckpt"))) == 1
+    monkeypatch.setattr(paper, "train_in_chunks", real)
+    resumed = paper._run_cell(cell, cache, False, folder, rounds_per_dispatch=2)
+    assert not list((folder / "partial").glob("*.ckpt"))
+    np.testing.assert_array_equal(resumed["curves"]["test_acc"], chunked["curves"]["test_acc"])
+    np.testing.assert_array_equal(resumed["curves"]["test_loss"], chunked["curves"]["test_loss"])
+
+
+def test_statistics_and_report_rows_name_their_protocol():
+    acc = np.array([[10.0, 50.0, 40.0, 30.0], [20.0, 20.0, 60.0, 70.0]])  # (seeds, rounds)
+    result = {
+        "ranks": [1, 1, 1],
+        "best_acc": acc.max(axis=1),
+        "final_acc": acc[:, -1],
+        "curves": {"test_acc": acc},
+        "seconds_per_round": 1.0,
+    }
+    cell = {"dataset": "digits", "op": "sp", "delta": 0.01, "E": 1, "rounds": 4}
+    cell["normalization"] = "standardize"
+    stats = paper._statistics(result, last_k=2)
+    np.testing.assert_allclose(stats["lastk_acc"], [35.0, 65.0])
+    np.testing.assert_allclose(paper._statistics(result, last_k=10)["lastk_acc"], [32.5, 42.5])
+    (row,) = paper.summarize([{"cell": cell, "result": result}], protocol="paper", last_k=2)
+    assert (row["protocol"], row["normalization"], row["last_k"], row["seeds"]) == (
+        "paper",
+        "standardize",
+        2,
+        2,
+    )
+    assert row["best_mean"] == 60.0 and row["final_mean"] == 50.0 and row["lastk_mean"] == 50.0
+    assert row["lastk_lo"] < 50.0 < row["lastk_hi"]
+
+
+def test_mismatch_terms_are_recorded_only_where_asked():
+    cfg = dataclasses.replace(get_quick_config(), curve_cells="1:0.07")
+    by_mode = {
+        mode: {(c["E"], c["delta"]): c["mismatch"] for c in paper.make_cells(cfg_)}
+        for mode, cfg_ in (
+            (m, dataclasses.replace(cfg, mismatch=m)) for m in ("curves", "all", "none")
+        )
+    }
+    assert by_mode["curves"] == {
+        (1, 0.01): False,
+        (2, 0.01): False,
+        (1, 0.07): True,
+        (2, 0.07): False,
+    }
+    assert all(by_mode["all"].values()) and not any(by_mode["none"].values())
+
+
+def test_bad_options_are_usage_errors_before_any_work(tmp_path, capsys):
+    for bad, option in (
+        (["--epochs", "0"], "--epochs"),
+        (["--datasets", "cifar10"], "--datasets"),
+        (["--seeds", "0"], "--seeds"),
+        (["--deltas", "0"], "--deltas"),
+        (["--protocol", "authors"], "--protocol"),
+        (["--normalization", "zca"], "--normalization"),
+        (["--protocol", "paper", "--max-test", "100"], "--max-test"),
+    ):
+        try:
+            paper.main([*bad, "--out", str(tmp_path), "--progress", "false"])
+            raise AssertionError(f"{bad} should be refused")
+        except SystemExit as exit_:
+            assert exit_.code == 2
+        err = capsys.readouterr().err
+        assert option in err and "Traceback" not in err
+    assert not any(tmp_path.iterdir())  # nothing was started
