@@ -18,6 +18,7 @@ BENCHMARKS = (
     "vs_torch",  # 3
     "memory",  # 5
     "sharding",  # 6
+    "paper_grid",  # 7 (about 10 minutes: a Fashion-MNIST sub-grid per variant)
 )
 
 

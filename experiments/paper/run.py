@@ -55,6 +55,7 @@ __all__ = [
     "run_paper",
     "summarize",
     "train_in_chunks",
+    "make_cell_simulation",
     "normalization_for",
     "main",
 ]
@@ -259,6 +260,23 @@ def train_in_chunks(
     return {k: np.concatenate([h[k] for h in history]) for k in history[0]}
 
 
+def make_cell_simulation(cell: dict, in_features: int, classes: int, mesh=None):
+    """The simulator of one cell: the paper's MLP at the cell's ranks, its operator and SGD, one
+    run per seed, with :func:`theory.round_metrics` in the round when the cell records them."""
+    hidden = tuple(cell["hidden"])
+    model = paper_mlp(in_features, hidden, classes, ranks=paper_ranks(cell["delta"], len(hidden)))
+    return make_simulation(
+        model,
+        OPERATORS[cell["op"]](),
+        optimizer=paper_sgd(cell["lr"], cell["momentum"], cell["wd"]),
+        local_epochs=cell["E"],
+        batch_size=cell["batch"],
+        metrics_fn=_metrics_fn if cell.get("mismatch", True) else None,
+        num_runs=cell["seeds"],
+        mesh=mesh,
+    )
+
+
 def _run_cell(
     cell: dict,
     data_cache: _DataCache,
@@ -266,6 +284,7 @@ def _run_cell(
     folder: Path,
     mesh=None,
     rounds_per_dispatch: int = 1,
+    on_rounds=None,
 ) -> dict:
     """Trains one cell (every seed at once on the simulator's run axis) and returns its results.
 
@@ -273,25 +292,15 @@ def _run_cell(
     seeds extends, not changes, one with fewer (up to float32 order, see the module docstring).
     ``mesh``: a ``("clients",)`` mesh to shard each round's clients over (``--host-devices``), or
     None. ``rounds_per_dispatch``: 1 runs :func:`abo_jax.run`; more runs
-    :func:`train_in_chunks`.
+    :func:`train_in_chunks`. ``on_rounds(rounds_done)`` is called whenever results reach the host
+    (after every round, or every chunk).
     """
     limit_blas_threads(1)
     data, tx, ty, classes = data_cache.get(cell["dataset"])
-    hidden = tuple(cell["hidden"])
-    ranks = paper_ranks(cell["delta"], len(hidden))
-    model = paper_mlp(data.x.shape[-1], hidden, classes, ranks=ranks)
+    sim = make_cell_simulation(cell, data.x.shape[-1], classes, mesh)
+    ranks = paper_ranks(cell["delta"], len(cell["hidden"]))
     seeds = cell["seeds"]
     record_mismatch = cell.get("mismatch", True)
-    sim = make_simulation(
-        model,
-        OPERATORS[cell["op"]](),
-        optimizer=paper_sgd(cell["lr"], cell["momentum"], cell["wd"]),
-        local_epochs=cell["E"],
-        batch_size=cell["batch"],
-        metrics_fn=_metrics_fn if record_mismatch else None,
-        num_runs=seeds,
-        mesh=mesh,
-    )
     partial = folder / "partial" / f"{cell_id(cell)}.ckpt"
     partial.parent.mkdir(parents=True, exist_ok=True)
     keys = jnp.stack([jax.random.key(s) for s in range(seeds)])
@@ -308,6 +317,7 @@ def _run_cell(
             checkpoint_path=partial,
             progress=progress,
             desc=desc,
+            callback=on_rounds,
         )
     else:
         history, _ = run(
@@ -320,6 +330,7 @@ def _run_cell(
             desc=desc,
             checkpoint_path=partial,
             checkpoint_every=CHECKPOINT_EVERY,
+            callback=None if on_rounds is None else lambda r, state, record: on_rounds(r),
         )
     wall = time.perf_counter() - t0
     partial.unlink(missing_ok=True)

@@ -2,8 +2,10 @@
 
 import csv
 import dataclasses
+import functools
 
 import numpy as np
+import pytest
 
 import experiments.paper.run as paper
 from experiments.common.grid import cell_path
@@ -88,34 +90,29 @@ def test_paper_ranks_and_rounds_follow_the_protocol():
         assert paper.run_name(c).startswith(f"paper-fashion_mnist-{c.protocol}-{c.normalization}-")
 
 
+@pytest.mark.parametrize("rounds_per_dispatch", [1, 2])
 def test_a_cell_killed_mid_run_resumes_from_its_checkpoint_with_the_same_numbers(
-    tmp_path, monkeypatch
+    tmp_path, monkeypatch, rounds_per_dispatch
 ):
+    # One round per dispatch goes through abo_jax.run (checkpoint every round here); two through
+    # train_in_chunks (checkpoint every chunk). Killed once two rounds are stored, then resumed.
     cfg = get_quick_config()
     cell = next(c for c in paper.make_cells(cfg) if c["op"] == "sp" and c["rounds"] == 3)
     cache = paper._DataCache(cfg)
-    whole = paper._run_cell(cell, cache, False, tmp_path / "whole")
+    run_cell = functools.partial(paper._run_cell, rounds_per_dispatch=rounds_per_dispatch)
+    whole = run_cell(cell, cache, False, tmp_path / "whole")
 
     monkeypatch.setattr(paper, "CHECKPOINT_EVERY", 1)
-    real_run = paper.run
 
-    def killed_after_two_rounds(*args, **kwargs):
-        def stop(r, state, record):
-            if r == 2:
-                raise KeyboardInterrupt("killed")
+    def kill_after_two_rounds(done):
+        if done == 2:
+            raise KeyboardInterrupt("killed")
 
-        return real_run(*args, **kwargs, callback=stop)
-
-    monkeypatch.setattr(paper, "run", killed_after_two_rounds)
     folder = tmp_path / "killed"
-    try:
-        paper._run_cell(cell, cache, False, folder)
-        raise AssertionError("the run should have been interrupted")
-    except KeyboardInterrupt:
-        pass
+    with pytest.raises(KeyboardInterrupt):
+        run_cell(cell, cache, False, folder, on_rounds=kill_after_two_rounds)
     assert len(list((folder / "partial").glob("*.ckpt"))) == 1
-    monkeypatch.setattr(paper, "run", real_run)
-    resumed = paper._run_cell(cell, cache, False, folder)
+    resumed = run_cell(cell, cache, False, folder)
     assert not list((folder / "partial").glob("*.ckpt"))  # removed once the cell is done
     np.testing.assert_array_equal(resumed["curves"]["test_acc"], whole["curves"]["test_acc"])
     for term in paper.MISMATCH_TERMS:
@@ -160,11 +157,9 @@ def test_paper_cell_on_two_host_devices_gives_the_one_device_numbers(tmp_path, r
     assert paper.run_name(dataclasses.replace(cfg, rounds_per_dispatch=7)) == paper.run_name(cfg)
 
 
-def test_chunked_rounds_match_one_dispatch_per_round_and_resume_bit_identically(
-    tmp_path, monkeypatch
-):
+def test_chunked_rounds_match_one_dispatch_per_round(tmp_path):
     # rounds_per_dispatch > 1 runs rounds and evaluations in one jitted loop: the numbers of
-    # abo_jax.run's loop up to float32 order, and a cell killed between chunks resumes exactly.
+    # abo_jax.run's loop up to float32 order (resuming a chunked cell: the test above).
     cfg = get_quick_config()
     cell = next(c for c in paper.make_cells(cfg) if c["op"] == "ps" and c["rounds"] == 3)
     cache = paper._DataCache(cfg)
@@ -177,29 +172,6 @@ def test_chunked_rounds_match_one_dispatch_per_round_and_resume_bit_identically(
     assert np.max(flips) <= 100.0 / cfg.max_test  # at most one test example may flip
     for term in paper.MISMATCH_TERMS:
         np.testing.assert_allclose(chunked["metrics"][term], loop["metrics"][term], rtol=1e-3)
-
-    real = paper.train_in_chunks
-
-    def killed_after_first_chunk(*args, **kwargs):
-        def stop(done):
-            if done == 2:
-                raise KeyboardInterrupt("killed")
-
-        return real(*args, **kwargs, callback=stop)
-
-    monkeypatch.setattr(paper, "train_in_chunks", killed_after_first_chunk)
-    folder = tmp_path / "killed"
-    try:
-        paper._run_cell(cell, cache, False, folder, rounds_per_dispatch=2)
-        raise AssertionError("the run should have been interrupted")
-    except KeyboardInterrupt:
-        pass
-    assert len(list((folder / "partial").glob("*.ckpt"))) == 1
-    monkeypatch.setattr(paper, "train_in_chunks", real)
-    resumed = paper._run_cell(cell, cache, False, folder, rounds_per_dispatch=2)
-    assert not list((folder / "partial").glob("*.ckpt"))
-    np.testing.assert_array_equal(resumed["curves"]["test_acc"], chunked["curves"]["test_acc"])
-    np.testing.assert_array_equal(resumed["curves"]["test_loss"], chunked["curves"]["test_loss"])
 
 
 def test_statistics_and_report_rows_name_their_protocol():
