@@ -251,7 +251,7 @@ def dirichlet(
     Args:
       labels: ``(n,)`` integer labels.
       num_clients: ``m``.
-      alpha: concentration ``> 0``.
+      alpha: concentration, finite and ``> 0`` (for the ``alpha -> inf`` limit use :func:`iid`).
       key: ``jax.random`` key (or int).
       num_classes: number of classes (default ``max(labels) + 1``).
       min_size: smallest acceptable client size (``0`` accepts empty clients).
@@ -265,8 +265,21 @@ def dirichlet(
     """
     y, num_classes = _labels_and_classes(labels, num_classes)
     m = _check_num_clients(num_clients)
+    try:
+        alpha = float(alpha)
+    except (TypeError, ValueError):
+        raise TypeError(f"dirichlet: alpha must be a number > 0, got {alpha!r}") from None
+    if np.isinf(alpha) and alpha > 0:
+        raise ValueError(
+            "dirichlet: alpha=inf is the IID limit, which Dir(alpha) cannot draw; use "
+            "iid(labels, num_clients=..., key=...) for an IID split, or a large finite alpha "
+            "(e.g. 1e3) for a near-IID one"
+        )
     if not alpha > 0:
-        raise ValueError(f"alpha must be > 0, got {alpha}")
+        raise ValueError(
+            f"dirichlet: alpha must be a finite number > 0 (small: strong label skew, large: "
+            f"near IID), got {alpha}"
+        )
     if min_size * m > y.shape[0]:
         raise ValueError(
             f"min_size={min_size} for {m} clients needs more than {y.shape[0]} examples"

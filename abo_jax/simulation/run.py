@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -11,10 +12,39 @@ import numpy as np
 from tqdm import tqdm
 
 from abo_jax.data.client_data import ClientData
-from abo_jax.simulation.checkpoint import load_checkpoint, save_checkpoint
+from abo_jax.simulation.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    run_fingerprint,
+    save_checkpoint,
+)
 from abo_jax.simulation.round import SimState, Simulation
 
-__all__ = ["run"]
+__all__ = ["run", "NonFiniteError"]
+
+
+class NonFiniteError(FloatingPointError):
+    """The model turned non-finite (``run(..., stop_on_nonfinite=True)``); names the round."""
+
+    def __init__(self, round_: int, message: str):
+        self.round = int(round_)
+        super().__init__(message)
+
+
+def _nonfinite(record: dict[str, Any]) -> list[str]:
+    """The losses of a round's record that are not finite, as ``"name (runs [...])"``."""
+    out = []
+    for name in ("train_loss", "test_loss"):
+        value = np.asarray(record.get(name, 0.0), float)
+        if name == "test_loss" and np.isnan(value).all() and "test_accuracy" in record:
+            acc = np.asarray(record["test_accuracy"], float)
+            if np.isnan(acc).all():
+                continue  # not evaluated this round
+        bad = ~np.isfinite(value)
+        if bad.any():
+            runs = f" (runs {np.flatnonzero(bad).tolist()})" if value.ndim else ""
+            out.append(f"{name} = {value[bad].ravel()[0]}{runs}")
+    return out
 
 
 def _stack(records: list[dict[str, Any]]) -> dict[str, np.ndarray]:
@@ -39,6 +69,9 @@ def run(
     checkpoint_path: str | os.PathLike | None = None,
     checkpoint_every: int | None = None,
     callback: Callable[[int, SimState, dict[str, Any]], None] | None = None,
+    fingerprint: Any = None,
+    checkpoint_overwrite: bool = False,
+    stop_on_nonfinite: bool = False,
 ) -> tuple[dict[str, np.ndarray], SimState]:
     """Runs ``rounds`` federated rounds and records the history.
 
@@ -48,6 +81,19 @@ def run(
     hyper-parameters) and the history are written atomically every ``checkpoint_every`` rounds and
     at the end; a run started with an existing checkpoint resumes from it and ends with the same
     numbers as an uninterrupted run with the same seed.
+
+    A checkpoint is resumed only if it vouches for itself (:func:`load_checkpoint`: its content
+    checksum, its history's rounds ``1..state.round``) and was written by this run: its fingerprint
+    (:func:`~abo_jax.simulation.checkpoint.run_fingerprint`: the state's structure, the initial
+    state (seed), the data, the round's program (operator, optimizer hyper-parameters, epochs,
+    batch size), ``eval_every`` and the caller's ``fingerprint``) must match, else a
+    :class:`~abo_jax.simulation.checkpoint.CheckpointError` names the file and the field that
+    differs, and the file is left as it was. A checkpoint holding more rounds than ``rounds`` is
+    refused too (this function returns exactly ``rounds`` rounds or fails).
+
+    The first round whose train or test loss is not finite triggers one ``RuntimeWarning`` naming
+    the round (and the runs); with ``stop_on_nonfinite`` a :class:`NonFiniteError` is raised
+    instead, before that round is checkpointed (the checkpoint keeps the last finite rounds).
 
     Args:
       sim: from :func:`make_simulation`.
@@ -64,6 +110,12 @@ def run(
       callback: ``fn(round, state, record)`` after each round (and its checkpoint), e.g. to stop
         early by raising. With ``make_simulation(..., donate_state=True)`` the next round deletes
         that ``state``'s buffers: copy (``jax.device_get``) what you keep.
+      fingerprint: any JSON-able description of the run stored in the checkpoint and compared on
+        resume key by key (e.g. an experiment's config dict), for what the derived fingerprint
+        cannot see.
+      checkpoint_overwrite: an existing checkpoint that is damaged or was written by another run is
+        discarded (the run starts over and writes over it) instead of refused.
+      stop_on_nonfinite: raise :class:`NonFiniteError` at the first non-finite loss.
 
     Returns:
       ``(history, state)``: ``history`` maps each metric to a numpy array with one row per round
@@ -90,9 +142,32 @@ def run(
 
     state = sim.init(key, data, weights=weights, hparams=hparams, lora_scale=lora_scale)
     records: list[dict[str, Any]] = []
-    if checkpoint_path is not None and os.path.exists(checkpoint_path):
-        state, saved, _ = load_checkpoint(checkpoint_path, state)
-        records = list(saved or [])
+    overwrite, fp = False, None
+    if checkpoint_path is not None:
+        fp = run_fingerprint(
+            sim,
+            state,
+            data,
+            test,
+            options={"loop": "abo_jax.run", "eval_every": int(eval_every)},
+            user=fingerprint,
+        )
+    if checkpoint_path is not None and os.path.lexists(checkpoint_path):
+        try:
+            state, saved, _ = load_checkpoint(checkpoint_path, state, fingerprint=fp)
+        except CheckpointError as err:
+            if not checkpoint_overwrite:
+                raise
+            warnings.warn(f"{err}; starting over (checkpoint_overwrite=True)", stacklevel=2)
+            overwrite = True
+        else:
+            records = list(saved or [])
+            if len(records) > int(rounds):
+                raise CheckpointError(
+                    checkpoint_path,
+                    f"holds {len(records)} rounds, more than rounds={rounds}: ask for at least "
+                    f"{len(records)} rounds, or use another checkpoint path",
+                )
     start = len(records)
     data = sim.shard(data, "data")
     state = sim.shard(state, "state")
@@ -101,9 +176,14 @@ def run(
     test_inputs = None if sim.prepare_test is None else sim.prepare_test(state, x_test)
 
     def checkpoint(state):
-        save_checkpoint(checkpoint_path, state, history=records)
+        nonlocal overwrite
+        save_checkpoint(
+            checkpoint_path, state, history=records, fingerprint=fp, overwrite=overwrite
+        )
+        overwrite = False  # from now on the file is this run's
 
     bar = tqdm(total=int(rounds), initial=start, disable=not progress, desc=desc, leave=False)
+    warned = any(_nonfinite(rec) for rec in records)  # warned when those rounds ran
     try:
         for r in range(start + 1, int(rounds) + 1):
             state, metrics = sim.round(state, data, inputs)
@@ -116,6 +196,16 @@ def run(
             else:
                 nan = np.full(np.shape(record["train_loss"]), np.nan)
                 record["test_accuracy"], record["test_loss"] = nan, nan
+            bad = _nonfinite(record)
+            if bad and (stop_on_nonfinite or not warned):
+                warned = True
+                message = (
+                    f"abo_jax.run: the model turned non-finite at round {r} ({', '.join(bad)}); "
+                    "a diverging learning rate, non-finite data or weights?"
+                )
+                if stop_on_nonfinite:
+                    raise NonFiniteError(r, message + " Stopped (stop_on_nonfinite=True)")
+                warnings.warn(message, RuntimeWarning, stacklevel=2)
             records.append(record)
             bar.update(1)
             if checkpoint_path is not None and (

@@ -32,7 +32,7 @@ import numpy as np
 from abo_jax.aggregation import product_sum, sum_product
 from abo_jax.models.mlp import paper_mlp, paper_mlp_ranks
 from abo_jax.simulation import make_simulation, paper_sgd, run
-from abo_jax.simulation.checkpoint import load_checkpoint, save_checkpoint
+from abo_jax.simulation.checkpoint import load_checkpoint, run_fingerprint, save_checkpoint
 from experiments.common import limit_blas_threads
 from experiments.common.config import parse_config
 from experiments.common.datasets import load_dataset, one_class_per_client, pad_clients
@@ -233,8 +233,11 @@ def train_in_chunks(
     x_test, y_test = test
     state = sim.init(key, data)
     history: list[dict] = []
+    fingerprint = None
+    if checkpoint_path is not None:  # what defines the run, compared on resume (abo_jax.run's)
+        fingerprint = run_fingerprint(sim, state, data, test, options={"loop": "train_in_chunks"})
     if checkpoint_path is not None and os.path.exists(checkpoint_path):
-        state, history, _ = load_checkpoint(checkpoint_path, state)
+        state, history, _ = load_checkpoint(checkpoint_path, state, fingerprint=fingerprint)
     done = sum(len(h["round"]) for h in history)
     data = sim.shard(data, "data")
     state = sim.shard(state, "state")
@@ -251,7 +254,7 @@ def train_in_chunks(
             history.append(rec)
             done += n
             if checkpoint_path is not None:
-                save_checkpoint(checkpoint_path, state, history=history)
+                save_checkpoint(checkpoint_path, state, history=history, fingerprint=fingerprint)
             bar.update(n)
             if callback is not None:
                 callback(done)
@@ -331,6 +334,7 @@ def _run_cell(
             checkpoint_path=partial,
             checkpoint_every=CHECKPOINT_EVERY,
             callback=None if on_rounds is None else lambda r, state, record: on_rounds(r),
+            fingerprint=cell,
         )
     wall = time.perf_counter() - t0
     partial.unlink(missing_ok=True)

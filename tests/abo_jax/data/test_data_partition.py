@@ -179,3 +179,20 @@ def test_plot_partition():
         assert [t.get_text() for t in ax.get_legend().get_texts()] == [f"c{c}" for c in range(10)]
     finally:
         plt.close(ax.figure)
+
+
+def test_dirichlet_alpha_inf_points_to_iid_and_bad_alphas_are_named():
+    from abo_jax.data import iid
+
+    y = np.repeat(np.arange(4), 20)
+    with pytest.raises(ValueError, match=r"alpha=inf is the IID limit.*iid\(labels"):
+        dirichlet(y, num_clients=4, alpha=np.inf, key=0)
+    for bad in (0.0, -1.0, np.nan, -np.inf):
+        with pytest.raises(ValueError, match="finite number > 0"):
+            dirichlet(y, num_clients=4, alpha=bad, key=0)
+    with pytest.raises(TypeError, match="alpha must be a number"):
+        dirichlet(y, num_clients=4, alpha="big", key=0)
+    # the advised replacements work: iid, and a large finite alpha is close to uniform
+    assert iid(y, num_clients=4, key=0).sizes.tolist() == [20] * 4
+    hist = dirichlet(y, num_clients=4, alpha=1e4, key=0).class_histogram
+    assert np.abs(hist - 5).max() <= 2
