@@ -12,11 +12,12 @@ Reference: Chen et al., arXiv:2508.01348.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
+import os
 import sys
 import time
 
+from experiments.common.config import CliParser
 from experiments.common.datasets import dataset_available
 from experiments.common.io import atomic_write_json, atomic_write_text
 from experiments.common.progress import log
@@ -45,12 +46,16 @@ def certify_tables(names=("sum_product", "product_sum")) -> dict[str, str]:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = CliParser(prog="python -m experiments.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a tiny grid (smoke test)")
-    parser.add_argument("--out", default="results", help="results root (default: results)")
+    parser.add_argument(
+        "--out", default="results", help="results root folder (default: results)", metavar="DIR"
+    )
     parser.add_argument("--no-certify", action="store_true", help="skip the certify tables")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="draw no progress bars")
     args = parser.parse_args(argv)
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        parser.error(f"--out: {args.out!r} exists and is not a folder")
     cfg = get_quick_config() if args.quick else get_demo_config()
     cfg = dataclasses.replace(
         cfg,
@@ -95,4 +100,6 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    from experiments.common.cli import run_cli
+
+    sys.exit(run_cli(main, "python -m experiments.demo", sys.argv[1:]))

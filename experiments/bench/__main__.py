@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import sys
 import time
@@ -10,6 +9,7 @@ import traceback
 from pathlib import Path
 
 from experiments.bench.common import DEFAULT_OUT
+from experiments.common.config import CliParser
 
 BENCHMARKS = (
     "sp_aggregation",  # 4
@@ -23,11 +23,26 @@ BENCHMARKS = (
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    p.add_argument("--only", nargs="+", choices=BENCHMARKS, default=None)
+    p = CliParser(prog="python -m experiments.bench", description=__doc__)
+    p.add_argument("--quick", action="store_true", help="tiny sizes: checks that each runs")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        metavar="DIR",
+        help=f"folder for the JSON results (default: {DEFAULT_OUT})",
+    )
+    p.add_argument(
+        "--only",
+        nargs="+",
+        choices=BENCHMARKS,
+        default=None,
+        metavar="NAME",
+        help=f"run only these benchmarks, of: {', '.join(BENCHMARKS)} (default: all)",
+    )
     args = p.parse_args(argv)
+    if args.out.exists() and not args.out.is_dir():
+        p.error(f"--out: {str(args.out)!r} exists and is not a folder")
     failed = []
     for name in args.only or BENCHMARKS:
         t0 = time.perf_counter()

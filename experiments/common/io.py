@@ -59,8 +59,18 @@ def results_dir(root: str | os.PathLike, name: str) -> Path:
     return path
 
 
+def _file_mode() -> int:
+    """``0o666`` less the process umask: the mode ``open()`` gives a new file."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Writes ``text`` to a temporary file in the same folder, then renames it over ``path``."""
+    """Writes ``text`` to a temporary file in the same folder, then renames it over ``path``.
+
+    The file gets the mode a new file gets (``0o666`` less the umask).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -69,6 +79,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _file_mode())  # mkstemp makes 0600; results files get the usual mode
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -24,7 +24,7 @@ from abo_jax.data import dirichlet, load_dataset, one_class_per_client, pad_clie
 from abo_jax.models.mlp import paper_mlp
 from abo_jax.simulation import make_simulation, run, uniform_sampling
 from experiments.common import limit_blas_threads
-from experiments.common.config import parse_config
+from experiments.common.config import bad_option, parse_config
 from experiments.common.grid import run_grid
 from experiments.common.io import atomic_write_csv, atomic_write_json, config_hash, results_dir
 from experiments.common.plotting import curves_with_band, plt, save
@@ -51,6 +51,30 @@ MISMATCH = (
 
 @dataclasses.dataclass(frozen=True)
 class OperatorsConfig:
+    """Every operator on one non-IID task; every field can be overridden on the command line.
+
+    Attributes:
+      dataset: data set: digits (bundled), fashion_mnist, mnist, kmnist, qmnist.
+      data_dir: folder with the IDX files (MNIST, KMNIST, QMNIST; Fashion-MNIST has a default).
+      partitions: client splits to run: dirichlet (label skew) and/or one_class.
+      dirichlet_alpha: Dirichlet concentration of the dirichlet split (finite, > 0; small: skewed).
+      operators: operators to run (abo_jax names, plus fedavg_full: FedAvg of full weights).
+      num_clients: clients m.
+      clients_per_round: clients sampled each round (1..num_clients).
+      rounds: federated rounds.
+      epochs: local epochs per round.
+      rank: LoRA rank of the equal-rank operators.
+      hetero_ranks: per-client ranks (cycled over clients) of hetlora, rbla and flexlora.
+      hidden: hidden layer widths of the MLP.
+      batch_size: local minibatch size.
+      lr: local SGD learning rate.
+      seeds: seeds per cell (run in turn).
+      timing_repeats: repetitions of the timed server aggregation.
+      out: results root folder.
+      name: results folder name under out (default: derived from the config).
+      progress: show progress bars.
+    """
+
     dataset: str = "digits"
     data_dir: str = ""
     partitions: tuple[str, ...] = ("dirichlet", "one_class")
@@ -70,6 +94,41 @@ class OperatorsConfig:
     out: str = "results"
     name: str = ""
     progress: bool = True
+
+    def validate(self) -> None:
+        """Rejects values that cannot run, before any work (``ValueError`` naming the option)."""
+        from abo_jax.data import DATASET_NAMES
+
+        if self.dataset not in DATASET_NAMES:
+            bad_option(
+                "dataset", f"expected one of {', '.join(DATASET_NAMES)}, got {self.dataset!r}"
+            )
+        if not self.partitions or any(p not in ("dirichlet", "one_class") for p in self.partitions):
+            bad_option("partitions", f"expected dirichlet and/or one_class, got {self.partitions}")
+        if not (0 < self.dirichlet_alpha < float("inf")):
+            bad_option("dirichlet_alpha", f"must be finite and > 0, got {self.dirichlet_alpha}")
+        unknown = [op for op in self.operators if op not in ALL_OPERATORS]
+        if not self.operators or unknown:
+            bad_option(
+                "operators",
+                f"unknown {unknown or 'empty list'}; expected {', '.join(ALL_OPERATORS)}",
+            )
+        for name in ("num_clients", "rounds", "epochs", "rank", "batch_size", "seeds"):
+            if getattr(self, name) < 1:
+                bad_option(name, f"must be at least 1, got {getattr(self, name)}")
+        if not 1 <= self.clients_per_round <= self.num_clients:
+            bad_option(
+                "clients_per_round",
+                f"must lie in 1..num_clients ({self.num_clients}), got {self.clients_per_round}",
+            )
+        if not self.hetero_ranks or any(r < 1 for r in self.hetero_ranks):
+            bad_option("hetero_ranks", f"ranks must be positive, got {self.hetero_ranks}")
+        if not self.hidden or any(h < 1 for h in self.hidden):
+            bad_option("hidden", f"layer widths must be positive, got {self.hidden}")
+        if not self.lr > 0:
+            bad_option("lr", f"must be > 0, got {self.lr}")
+        if self.timing_repeats < 1:
+            bad_option("timing_repeats", f"must be at least 1, got {self.timing_repeats}")
 
 
 def get_config() -> OperatorsConfig:

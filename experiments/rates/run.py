@@ -19,7 +19,7 @@ import numpy as np
 
 import abo_jax
 from experiments.common import limit_blas_threads
-from experiments.common.config import parse_config
+from experiments.common.config import bad_option, parse_config
 from experiments.common.grid import run_grid
 from experiments.common.io import atomic_write_csv, atomic_write_json, config_hash, results_dir
 from experiments.common.plotting import plt, save
@@ -30,6 +30,29 @@ __all__ = ["RatesConfig", "get_config", "get_quick_config", "fit_slope", "run_ra
 
 @dataclasses.dataclass(frozen=True)
 class RatesConfig:
+    """The eta sweep and the rate in T; every field can be overridden on the command line.
+
+    Attributes:
+      problem: theory's small smooth problem: least_squares or logistic.
+      clients: clients of the problem.
+      samples: samples per client.
+      d: output dimension of the LoRA layer.
+      k: input dimension of the LoRA layer.
+      rank: LoRA rank (1..min(d, k)).
+      heterogeneity: scale h of the clients' target maps W_i = W_* + h U_i (>= 0; 0: identical).
+      sweep_operators: operators of the eta sweep (equal-rank abo_jax names).
+      etas: step sizes of the sweep (> 0).
+      sweep_rounds: rounds per sweep run.
+      local_steps: local steps per round.
+      rate_operators: operators of the rate-in-T part.
+      horizons: horizons T of the rate part (positive integers).
+      eta0: step size eta = eta0 / sqrt(T) of the rate part (> 0).
+      seed: seed of the problem and of the runs.
+      out: results root folder.
+      name: results folder name under out (default: derived from the config).
+      progress: show progress bars.
+    """
+
     problem: str = "least_squares"  # or "logistic"
     clients: int = 4
     samples: int = 24
@@ -48,6 +71,40 @@ class RatesConfig:
     out: str = "results"
     name: str = ""
     progress: bool = True
+
+    def validate(self) -> None:
+        """Rejects values that cannot run, before any work (``ValueError`` naming the option)."""
+        from theory.certify import KNOWN_OPERATORS
+
+        if self.problem not in PROBLEMS:
+            bad_option("problem", f"expected one of {', '.join(PROBLEMS)}, got {self.problem!r}")
+        for name in ("clients", "samples", "d", "k", "rank", "sweep_rounds", "local_steps"):
+            if getattr(self, name) < 1:
+                bad_option(name, f"must be at least 1, got {getattr(self, name)}")
+        if self.rank > min(self.d, self.k):
+            bad_option(
+                "rank", f"must be at most min(d, k) = {min(self.d, self.k)}, got {self.rank}"
+            )
+        if not self.heterogeneity >= 0:
+            bad_option("heterogeneity", f"must be >= 0, got {self.heterogeneity}")
+        usable = [op for op in KNOWN_OPERATORS if op not in ("hetlora", "rbla", "flexlora")]
+        for option in ("sweep_operators", "rate_operators"):
+            ops = getattr(self, option)
+            unknown = [op for op in ops if op not in usable]
+            if not ops or unknown:
+                bad_option(
+                    option,
+                    f"unknown {unknown or 'empty list'}; expected names in {', '.join(usable)}",
+                )
+        if not self.etas or any(not 0 < e < float("inf") for e in self.etas):
+            bad_option("etas", f"step sizes must be finite and > 0, got {self.etas}")
+        if not self.horizons or any(t < 1 for t in self.horizons):
+            bad_option("horizons", f"horizons must be positive integers, got {self.horizons}")
+        if not 0 < self.eta0 < float("inf"):
+            bad_option("eta0", f"must be finite and > 0, got {self.eta0}")
+
+
+PROBLEMS = ("least_squares", "logistic")
 
 
 def get_config() -> RatesConfig:
