@@ -12,6 +12,7 @@ import numpy as np
 from tqdm import tqdm
 
 from abo_jax.data.client_data import ClientData
+from abo_jax.simulation._checks import check_key
 from abo_jax.simulation.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -100,7 +101,8 @@ def run(
       data: the clients' :class:`~abo_jax.data.ClientData`.
       test: ``(x (n, ...), y (n,))`` test set.
       rounds: total number of rounds (including rounds done before a resume).
-      key: PRNG key (``(S,)`` keys or one key with ``num_runs``).
+      key: PRNG key (``(S,)`` keys or one key with ``num_runs``); a legacy ``uint32`` key
+        (``jax.random.PRNGKey``) is wrapped into the same stream, a seed is refused with advice.
       weights, hparams, lora_scale: passed to ``sim.init``.
       eval_every: evaluate every this many rounds (``>= 1``).
       progress: show a tqdm progress bar.
@@ -140,6 +142,7 @@ def run(
             f"{tuple(data.x.shape[2:])}"
         )
 
+    key = check_key(key, sim.num_runs)  # a clear error for None, a seed, a wrong shape
     state = sim.init(key, data, weights=weights, hparams=hparams, lora_scale=lora_scale)
     records: list[dict[str, Any]] = []
     overwrite, fp = False, None

@@ -82,3 +82,17 @@ def test_metrics_check_works_on_tracers():
         return check_metrics({"s": jnp.sum(x)})["s"]
 
     assert float(jax.jit(f)(jnp.ones(3))) == 3.0
+
+
+def test_run_refuses_a_seed_or_none_as_key_and_takes_a_legacy_key(clients_fn):
+    import abo_jax as aj
+
+    data = clients_fn(np.random.default_rng(0), [5, 6], 4, 3)
+    sim = aj.make_simulation(aj.paper_mlp(4, (3,), 3, ranks=1, dtype=jnp.float64), aj.product_sum())
+    test = (data.x[0], data.y[0])
+    for bad, words in ((None, "got None"), (0, r"jax.random.key\(0\)")):
+        with pytest.raises(TypeError, match=words):
+            aj.run(sim, data, test, rounds=1, key=bad, progress=False)
+    legacy, _ = aj.run(sim, data, test, rounds=2, key=jax.random.PRNGKey(2), progress=False)
+    typed, _ = aj.run(sim, data, test, rounds=2, key=jax.random.key(2), progress=False)
+    np.testing.assert_array_equal(legacy["test_loss"], typed["test_loss"])
