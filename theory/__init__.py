@@ -9,23 +9,29 @@ and the rate-bound derivation here are ours, and each docstring states them.
   factor norms, the strong-to-weak bound, and :func:`round_metrics` for the simulator's hook.
 * :mod:`theory.conditions`: the weak/strong conditions decided on recorded ``eta`` sweeps.
 * :mod:`theory.bounds`: the rate bounds evaluated on a run (our derivation).
-* :mod:`theory.certify`: identities and conditions of any operator, without a training run
-  (also ``python -m theory certify NAME``).
+* :mod:`theory.consistency`: first-order consistency at consensus points (fixed point, the
+  derivative of the broadcast product against the weighted mean of the clients'), the exact
+  limiting constants of the conditions by linearization, and what consistency adds to the rate
+  bound (our derivation).
+* :mod:`theory.certify`: identities, weak and strong conditions (two-sided constants) and
+  consistency of any operator, without a training run (also ``python -m theory certify NAME``).
 * :mod:`theory.problems`: small smooth federated LoRA problems and a self-contained trainer.
 * :mod:`theory.strategies`: Hypothesis strategies for users' own property tests.
 """
 
-from theory import bounds, conditions, functionals, problems, strategies
+from theory import bounds, conditions, consistency, functionals, problems, strategies
 from theory.bounds import RateBoundReport, hessian_norm, rate_bounds
 from theory.certify import (
     CertifyReport,
     ConditionCheck,
+    ConsistencyCheck,
     IdentityCheck,
     available_operators,
     certify,
+    check_consistency,
     check_identities,
-    first_client_only,
     resolve_operator,
+    with_client_ranks,
 )
 from theory.conditions import (
     ConditionReport,
@@ -35,6 +41,7 @@ from theory.conditions import (
     sup_ratio,
     trajectory_conditions,
 )
+from theory.consistency import consistency_at, mean_operator_defect
 from theory.functionals import *
 
 __all__ = [
@@ -50,14 +57,19 @@ __all__ = [
     "rate_bounds",
     "CertifyReport",
     "ConditionCheck",
+    "ConsistencyCheck",
     "IdentityCheck",
     "available_operators",
     "certify",
+    "check_consistency",
     "check_identities",
-    "first_client_only",
     "resolve_operator",
+    "with_client_ranks",
+    "consistency_at",
+    "mean_operator_defect",
     "bounds",
     "conditions",
+    "consistency",
     "functionals",
     "problems",
     "strategies",

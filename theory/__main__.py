@@ -2,7 +2,8 @@
 
 ``certify`` takes operator names known to abo_jax (``python -m theory list`` shows them) or
 ``module:function`` for a user's own operator factory (or ABO object). It prints one table per
-operator, or one JSON document (a list of reports) with ``--json``. Exit status 0 when every
+operator, one JSON document (a list of reports) with ``--json``, or one markdown row per operator
+with ``--markdown`` (the README's certify table). Exit status 0 when every
 operator was certified (whatever the verdicts), 2 on bad input.
 
 Our formalization of the conditions of arXiv:2508.01348 (see ``theory``).
@@ -23,9 +24,14 @@ def main(argv: list[str] | None = None) -> int:
         "(our formalization of arXiv:2508.01348).",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    cert = sub.add_parser("certify", help="check identities and weak/strong conditions")
+    cert = sub.add_parser(
+        "certify", help="check identities, weak/strong conditions and consistency"
+    )
     cert.add_argument("operators", nargs="+", help="name (e.g. sum_product) or module:function")
     cert.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    cert.add_argument(
+        "--markdown", action="store_true", help="one markdown table row per operator (README)"
+    )
     cert.add_argument("--thorough", action="store_true", help="more search (slower)")
     cert.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
     cert.add_argument("--scale", type=float, default=1.0, help="LoRA scale of base_delta")
@@ -38,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     from theory.certify import available_operators, certify, resolve_operator
 
     if args.command == "list":
-        print("\n".join(sorted(available_operators())))
+        print("\n".join(sorted(available_operators(include_ranked=True))))
         return 0
     try:
         resolved = [resolve_operator(spec) for spec in args.operators]
@@ -51,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if args.json:
         print(json.dumps([r.to_dict() for r in reports], indent=2))
+    elif args.markdown:
+        print("| operator | weak (lower / upper) | strong (lower / upper) | consistency |")
+        print("|---|---|---|---|")
+        print("\n".join(r.markdown_row() for r in reports))
     else:
         print("\n\n".join(r.table() for r in reports))
     return 0

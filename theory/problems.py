@@ -21,11 +21,11 @@ This is part of **our formalization** of arXiv:2508.01348's conditions (see ``th
 
 from __future__ import annotations
 
-import functools
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from abo_jax import ABO, LoRAFactors, init_lora
 from theory.functionals import round_metrics
@@ -35,6 +35,8 @@ __all__ = [
     "FederatedRun",
     "least_squares_problem",
     "logistic_problem",
+    "one_class_digits_problem",
+    "client_losses",
     "client_loss",
     "dense_loss",
     "global_loss",
@@ -131,6 +133,49 @@ def logistic_problem(
     w0 = 0.1 * jax.random.normal(k0, (classes, k)) / jnp.sqrt(k)
     weights = jnp.full((clients,), 1.0 / clients)
     return FederatedProblem(x, y, w0, weights, rank, "logistic", 0.0)
+
+
+def one_class_digits_problem(
+    *, rank: int = 4, samples: int = 100, seed: int = 0
+) -> tuple[FederatedProblem, tuple[jax.Array, jax.Array]]:
+    """scikit-learn's digits as a 10-client logistic problem, one class per client.
+
+    Client ``i`` holds ``samples`` training images of digit ``i`` (inputs ``(64,)`` in ``[0, 1]``),
+    weights ``p_i = 1/10``, a zero frozen base ``(10, 64)``: the global objective
+    ``F = sum_i p_i f_i`` is multinomial logistic regression on all ten classes, while ``f_0``
+    alone is minimized by predicting class 0 everywhere.
+
+    Args:
+      rank: LoRA rank ``r``.
+      samples: training images per client (``<= 140``: every class has at least that many).
+      seed: seed of the train/test split.
+
+    Returns:
+      ``(problem, (x_test (n, 64), y_test (n,)))``.
+    """
+    from abo_jax.data import load_digits
+
+    ds = load_digits(flatten=True, seed=seed)
+    x_train, y_train = np.asarray(ds.x_train), np.asarray(ds.y_train)
+    idx = [np.flatnonzero(y_train == c)[:samples] for c in range(10)]
+    if min(len(i) for i in idx) < samples:
+        raise ValueError(f"samples: at most {min(len(i) for i in idx)} per class, got {samples}")
+    x = jnp.asarray(np.stack([x_train[i] for i in idx]))
+    y = jnp.asarray(np.stack([y_train[i] for i in idx]))
+    w0 = jnp.zeros((10, x.shape[-1]), x.dtype)
+    problem = FederatedProblem(x, y, w0, jnp.full((10,), 0.1, x.dtype), rank, "logistic", 0.0)
+    return problem, (jnp.asarray(ds.x_test), jnp.asarray(ds.y_test))
+
+
+def client_losses(problem: FederatedProblem, run: FederatedRun, t: int = -1) -> jax.Array:
+    """``(m,)``: each client's loss at its own start of round ``t`` (``f_i(P_i Q_i)``).
+
+    ``sum_i p_i`` of it is the global objective ``F`` also for heterogeneous ranks and
+    personalized operators, where clients hold different broadcasts.
+    """
+    b, a, base = run.starts.b[t], run.starts.a[t], run.bases[t]
+    fn = lambda b, a, base, x, y: client_loss(problem.kind, LoRAFactors(b, a), base, x, y)  # noqa: E731
+    return jax.vmap(fn)(b, a, base, problem.x, problem.y)
 
 
 def _loss_from_outputs(kind: str, out: jax.Array, y: jax.Array) -> jax.Array:
@@ -270,8 +315,23 @@ def _data(problem: FederatedProblem) -> tuple[jax.Array, jax.Array, jax.Array]:
     return problem.x, problem.y, problem.weights
 
 
-@functools.lru_cache(maxsize=32)
+_BUILT: dict[tuple, tuple[ABO, Any]] = {}
+
+
 def _build(abo, kind, rounds, local_steps, scale):
+    """The jitted run, cached per operator object (by identity: an ABO's traits may hold arrays,
+    which are not hashable) and static settings."""
+    key = (id(abo), kind, rounds, local_steps, scale)
+    entry = _BUILT.get(key)
+    if entry is None or entry[0] is not abo:
+        if len(_BUILT) >= 32:
+            _BUILT.pop(next(iter(_BUILT)))
+        entry = (abo, _make_run(abo, kind, rounds, local_steps, scale))
+        _BUILT[key] = entry
+    return entry[1]
+
+
+def _make_run(abo, kind, rounds, local_steps, scale):
     def loss_i(f, base, x, y):
         return client_loss(kind, f, base, x, y, scale)
 
@@ -306,6 +366,8 @@ def _build(abo, kind, rounds, local_steps, scale):
                 lambda wd: jnp.dot(w, jax.vmap(lambda x, y: dense_loss(kind, wd, x, y))(xs, ys))
             )(w_avg)
             new = broadcast.factors[LAYER]
+            if new.b.ndim == 2:  # one global copy: every client starts from it
+                new = jax.tree.map(lambda x: jnp.broadcast_to(x[None], (w.shape[0], *x.shape)), new)
             if broadcast.base_delta is not None:
                 delta = jax.tree.leaves(broadcast.base_delta)[0]
                 bases = bases + (delta if delta.ndim == 3 else delta[None])

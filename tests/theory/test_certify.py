@@ -1,11 +1,15 @@
-"""certify verdicts: PS strong+weak, SP weak only, a wrong operator caught and shrunk; CLI."""
+"""certify verdicts: PS strong+weak, SP weak only, a wrong operator caught and shrunk; client 0
+only passes weak and strong but fails consistency, and the verdict says so; two-sided constants; CLI."""
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+import wrong_operators as wo
 
 from abo_jax import ABO, product_sum, sum_product
 from theory.__main__ import main
@@ -16,9 +20,10 @@ from theory.certify import (
     available_operators,
     certify,
     check_identities,
-    first_client_only,
     resolve_operator,
 )
+
+WRONG = Path(__file__).resolve().parent  # wrong_operators.py, importable by the CLI from here
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +31,8 @@ def reports():
     return {
         "product_sum": certify(product_sum(), name="product_sum"),
         "sum_product": certify(sum_product(), name="sum_product"),
-        "wrong": certify(first_client_only(), name="first_client_only"),
+        "wrong": certify(wo.first_client_only(), name="first_client_only"),
+        "client0": certify(wo.client_zero_only(), name="client_zero_only"),
     }
 
 
@@ -98,7 +104,12 @@ def test_certify_bad_input():
         certify(42)
     with pytest.raises(ValueError, match="deltas"):
         certify(product_sum(), deltas=(0.1, 0.0, 0.01))
-    assert isinstance(resolve_operator("theory.certify:first_client_only")[1], ABO)
+    if str(WRONG) not in sys.path:
+        sys.path.insert(0, str(WRONG))
+    assert isinstance(resolve_operator("wrong_operators:first_client_only")[1], ABO)
+    import theory
+
+    assert not hasattr(theory, "first_client_only")  # the wrong operator lives in the tests
 
 
 def test_cli_table_and_json_in_process(capsys):
@@ -114,10 +125,67 @@ def test_cli_table_and_json_in_process(capsys):
 
 
 def test_cli_subprocess():
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(WRONG), os.environ.get("PYTHONPATH", "")]),
+    }
     out = subprocess.run(
-        [sys.executable, "-m", "theory", "certify", "theory.certify:first_client_only", "--json"],
-        capture_output=True, text=True, timeout=300, check=True,
+        [sys.executable, "-m", "theory", "certify", "wrong_operators:first_client_only", "--json"],
+        capture_output=True, text=True, timeout=300, check=True, env=env,
     )  # fmt: skip
     doc = json.loads(out.stdout)
     assert doc[0]["weak"]["status"] == VIOLATED
     assert doc[0]["weak"]["counterexample"]["shape"]["m"] == 2
+    assert doc[0]["consistency"]["status"] == VIOLATED
+    assert doc[0]["consistency"]["fixed_point"] == VIOLATED  # p_1^2 B_1 A_1 != B_0 A_0
+
+
+def test_client_zero_weak_and_strong_hold_consistency_flags_it(reports):
+    rep = reports["client0"]
+    assert rep.weak.status == HOLDS and rep.strong.status == HOLDS, rep.table()
+    c = rep.consistency
+    assert c.status == VIOLATED and c.fixed_point == HOLDS
+    w = c.witness
+    assert w["shape"] == {"m": 2, "d": 1, "k": 1, "r": 1}
+    # largest defect over the points: uniform m = 3 weights, ((1 - p_0)/p_0)^(1/2) = sqrt(2)
+    assert c.defect == pytest.approx(np.sqrt(2.0), rel=1e-9)
+    assert w["defect"] == pytest.approx(1.0, rel=1e-9)
+    verdict = rep.verdict()
+    assert verdict and "WARNING" in verdict[0] and "does NOT mean convergence" in verdict[0]
+    assert "WARNING: weak and strong hold" in rep.table()
+    doc = json.loads(rep.to_json())
+    assert doc["consistency"]["status"] == VIOLATED
+    assert doc["consistency"]["witness"]["direction"]["U"]
+    assert doc["verdict"][0].startswith("WARNING")
+
+
+def test_consistent_operators_pass_all_three(reports):
+    for name in ("product_sum", "sum_product"):
+        rep = reports[name]
+        assert rep.consistency.status == HOLDS and rep.consistency.fixed_point == HOLDS
+        assert not any("WARNING" in line for line in rep.verdict())
+        assert any("weak + consistency" in line for line in rep.verdict())
+
+
+def test_two_sided_constants(reports):
+    for name in ("product_sum", "sum_product", "client0"):
+        t = reports[name].weak.two_sided
+        w = t["witness"]
+        b0, a0 = np.asarray(w["B0"]), np.asarray(w["A0"])
+        # the search's witness is a lower bound; its float64 re-check agrees
+        assert t["lower_float64"] == pytest.approx(t["lower"], rel=1e-8)
+        # the witness direction's ratio tends to its exact limit (delta = 1e-3: O(delta) apart)
+        assert t["limit_at_witness"] == pytest.approx(t["lower"], rel=2e-2)
+        # upper side: the sup over directions at that start, at least the witness direction's limit
+        assert t["upper"] >= t["limit_at_witness"] * (1 - 1e-9)
+        assert t["gap"] == pytest.approx(t["upper"] - t["lower"])
+        if name != "client0":  # consistent: the closed form ||A_0||^2 + ||B_0||^2 is exact (m >= 2)
+            bound = np.linalg.norm(a0, 2) ** 2 + np.linalg.norm(b0, 2) ** 2
+            assert t["bound"] == pytest.approx(bound, rel=1e-9)
+            assert t["upper"] == pytest.approx(bound, rel=1e-6)
+            assert t["bound_c"] >= t["bound"]
+        else:
+            assert t["bound"] is None
+    ps = reports["product_sum"].strong.two_sided
+    assert ps["bound"] == 1.0 and ps["upper"] == pytest.approx(1.0, rel=1e-9)
+    assert reports["sum_product"].strong.two_sided["upper"] == np.inf
