@@ -17,6 +17,7 @@ from abo_jax.aggregation._base import (
     Broadcast,
     EmptyState,
     LayerResult,
+    Traits,
     aggregate_layers,
     all_finite,
     broadcast_to_clients,
@@ -49,6 +50,7 @@ from abo_jax.aggregation.sum_product import (
 
 __all__ = [
     "ABO",
+    "Traits",
     "Broadcast",
     "EmptyState",
     "LayerResult",

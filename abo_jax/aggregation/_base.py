@@ -19,9 +19,11 @@ manner of optax's ``GradientTransformation``)::
   Per-layer diagnostics are stacked in tree order of the adapted layers (leading axis ``L``).
 * Array leaves of ``clients`` that are not LoRA factors (e.g. trainable biases) are averaged with the
   weights and broadcast by every operator (FedAvg), unless the operator says otherwise.
-* Operators that freeze a factor during local training (FFA-LoRA, RoLoRA) say so through their state:
-  :func:`trainable_factors` ``(state)`` gives the mask the simulator applies with
-  :func:`freeze_factors`.
+* What the simulator must know about an operator is declared once, on the operator, in
+  :attr:`ABO.traits` (:class:`Traits`): whether its broadcast is personal to each client, whether it
+  corrects the frozen base, the clients' ranks and LoRA scales it assumes, and which factors the
+  clients train in a given state (FFA-LoRA freezes ``A``, RoLoRA alternates; the simulator applies
+  the mask with :func:`freeze_factors`).
 
 Reference: Chen et al., Convergence Analysis of Aggregation-Broadcast in LoRA-enabled Federated
 Learning, arXiv:2508.01348.
@@ -40,6 +42,7 @@ from abo_jax.lora import LoRAFactors, is_lora, lora_leaves
 
 __all__ = [
     "ABO",
+    "Traits",
     "Broadcast",
     "EmptyState",
     "make_abo",
@@ -73,17 +76,52 @@ class EmptyState(NamedTuple):
     """State of a stateless operator."""
 
 
+def _both_trained(state: Any) -> LoRAFactors:
+    del state
+    return LoRAFactors(b=jnp.array(True), a=jnp.array(True))
+
+
+class Traits(NamedTuple):
+    """What an operator declares about itself, read by the simulator and by ``theory``.
+
+    Each fact is given once, here; the simulator takes it from the operator and raises when a
+    caller states it differently (e.g. other client ranks to the model).
+
+    Attributes:
+      personalized: the broadcast differs across clients (FedSA-LoRA keeps each client's ``B``), so
+        the model to evaluate is every client's own; global operators send everyone the same
+        factors.
+      corrects_base: the operator returns a ``base_delta`` to fold into the frozen base (FedEx-LoRA,
+        FLoRA), so per-example caches of the base must be recomputed every round.
+      client_ranks: ``None`` (every client at the layers' rank) or the static ``(m,)`` integer ranks
+        (a pytree of them per LoRA layer) that heterogeneous-rank operators pad and truncate to.
+      lora_scale: ``None`` (no convention: any scale) or the LoRA scale ``s`` the operator's maths
+        assumes: a float, or ``(m,)`` per-client scales (``alpha / r_i``).
+      trainable: ``trainable(state) -> LoRAFactors(b=bool[], a=bool[])``: which factors clients
+        train next round (scalar masks; traced states are fine).
+    """
+
+    personalized: bool = False
+    corrects_base: bool = False
+    client_ranks: Any = None
+    lora_scale: Any = None
+    trainable: Callable[[Any], LoRAFactors] = _both_trained
+
+
 class ABO(NamedTuple):
-    """An aggregation-broadcast operator: a pair of pure functions.
+    """An aggregation-broadcast operator: a pair of pure functions and its declared traits.
 
     Attributes:
       init: ``init(clients, *, key=None) -> state``.
       aggregate: ``aggregate(clients, weights, state, *, normalize=False)
         -> (Broadcast, state, diagnostics)``.
+      traits: :class:`Traits` (defaults: global, no base correction, one rank, both factors
+        trained).
     """
 
     init: Callable[..., Any]
     aggregate: Callable[..., tuple[Broadcast, Any, dict[str, jax.Array]]]
+    traits: Traits = Traits()
 
 
 def _check_floating(x: Any, where: str) -> None:
@@ -263,6 +301,7 @@ def make_abo(
     *,
     require_lora: bool = True,
     bytes_fn: Callable[[Any, Broadcast], tuple[float, float]] | None = None,
+    traits: Traits | None = None,
 ) -> ABO:
     """Builds an :class:`ABO` from a core ``(clients, weights, state) -> (broadcast, state, diag)``.
 
@@ -279,6 +318,7 @@ def make_abo(
       require_lora: the client tree must contain :class:`~abo_jax.LoRAFactors`.
       bytes_fn: ``(clients, broadcast) -> (bytes up, bytes down)`` per participating client; by
         default every client leaf goes up and every broadcast factor (plus ``base_delta``) comes down.
+      traits: what the operator declares about itself (:class:`Traits`; default ``Traits()``).
 
     Example:
       >>> def core(clients, weights, state):
@@ -321,7 +361,7 @@ def make_abo(
         }
         return broadcast, state, diag
 
-    return ABO(init=init, aggregate=aggregate)
+    return ABO(init=init, aggregate=aggregate, traits=Traits() if traits is None else traits)
 
 
 def stateless_init(clients: Any = None, *, key: jax.Array | None = None) -> EmptyState:

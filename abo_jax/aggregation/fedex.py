@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from abo_jax.aggregation._base import (
     ABO,
     LayerResult,
+    Traits,
     aggregate_layers,
     broadcast_to_clients,
     check_scale,
@@ -70,4 +71,4 @@ def fedex(scale: float = 1.0) -> ABO:
         broadcast, diag = aggregate_layers(clients, weights, one_layer)
         return broadcast, state, diag
 
-    return make_abo(stateless_init, core)
+    return make_abo(stateless_init, core, traits=Traits(corrects_base=True, lora_scale=s))

@@ -9,6 +9,7 @@ from __future__ import annotations
 from abo_jax.aggregation._base import (
     ABO,
     LayerResult,
+    Traits,
     aggregate_layers,
     broadcast_to_clients,
     make_abo,
@@ -54,4 +55,4 @@ def fedsa() -> ABO:
         broadcast, diag = aggregate_layers(clients, weights, one_layer)
         return broadcast, state, diag
 
-    return make_abo(stateless_init, core)
+    return make_abo(stateless_init, core, traits=Traits(personalized=True))

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from abo_jax.aggregation._base import (
     ABO,
     LayerResult,
+    Traits,
     aggregate_layers,
     broadcast_to_clients,
     make_abo,
@@ -79,4 +80,4 @@ def ffa() -> ABO:
         broadcast, diag = aggregate_layers(clients, weights, one_layer)
         return broadcast, FFAState(), diag
 
-    return make_abo(init_fn, core)
+    return make_abo(init_fn, core, traits=Traits(trainable=lambda state: state.trainable_factors()))

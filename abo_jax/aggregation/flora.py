@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from abo_jax.aggregation._base import (
     ABO,
     LayerResult,
+    Traits,
     aggregate_layers,
     broadcast_to_clients,
     check_scale,
@@ -102,4 +103,4 @@ def flora(scale: float = 1.0, init: Literal["kaiming", "gaussian"] = "kaiming") 
         broadcast, diag = aggregate_layers(clients, weights, one_layer)
         return broadcast, FLoRAState(key=next_key), diag
 
-    return make_abo(init_fn, core)
+    return make_abo(init_fn, core, traits=Traits(corrects_base=True, lora_scale=s))

@@ -28,6 +28,7 @@ import numpy as np
 from abo_jax.aggregation._base import (
     ABO,
     LayerResult,
+    Traits,
     aggregate_layers,
     check_alpha,
     client_scales,
@@ -75,7 +76,12 @@ def _hetero_abo(client_ranks: Any, alpha: float | None, layer_fn: Callable) -> A
         broadcast, diag = aggregate_layers(clients, weights, one_layer)
         return broadcast, state, diag
 
-    return make_abo(stateless_init, core)
+    if isinstance(ranks_tree, np.ndarray):  # one (m,) array for every layer: one scale per client
+        scale = None if alpha is None else client_scales(ranks_tree, alpha)
+        traits = Traits(client_ranks=ranks_tree, lora_scale=1.0 if scale is None else scale)
+    else:  # per-layer ranks: per-layer scales, which a per-client scale cannot state
+        traits = Traits(client_ranks=ranks_tree, lora_scale=1.0 if alpha is None else None)
+    return make_abo(stateless_init, core, traits=traits)
 
 
 def _effective_b(f: LoRAFactors, scales: np.ndarray) -> jax.Array:

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from abo_jax.aggregation._base import (
     ABO,
     LayerResult,
+    Traits,
     aggregate_layers,
     broadcast_to_clients,
     is_concrete,
@@ -114,4 +115,4 @@ def rolora() -> ABO:
         diag["trained_a"] = train_a
         return broadcast, RoLoRAState(round=state.round + 1), diag
 
-    return make_abo(init_fn, core)
+    return make_abo(init_fn, core, traits=Traits(trainable=lambda state: state.trainable_factors()))

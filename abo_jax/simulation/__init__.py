@@ -38,7 +38,15 @@ from abo_jax.simulation.client import (
     masked_cross_entropy,
     paper_sgd,
 )
-from abo_jax.simulation.round import SimState, Simulation, global_trainable, make_simulation
+from abo_jax.simulation.evaluation import global_trainable, make_evaluate
+from abo_jax.simulation.federated import (
+    FederatedRound,
+    SimState,
+    client_groups,
+    federated_round,
+    vmap_clients,
+)
+from abo_jax.simulation.round import Simulation, make_simulation
 from abo_jax.simulation.run import run
 from abo_jax.simulation.sampling import (
     ClientSampling,
@@ -47,6 +55,7 @@ from abo_jax.simulation.sampling import (
     participation_weights,
     uniform_sampling,
 )
+from abo_jax.simulation.wrappers import jit_round, on_mesh, over_runs, scan_rounds
 
 __all__ = [
     "ClientUpdate",
@@ -55,6 +64,15 @@ __all__ = [
     "masked_cross_entropy",
     "paper_sgd",
     "SimState",
+    "FederatedRound",
+    "federated_round",
+    "vmap_clients",
+    "client_groups",
+    "over_runs",
+    "on_mesh",
+    "jit_round",
+    "scan_rounds",
+    "make_evaluate",
     "Simulation",
     "make_simulation",
     "global_trainable",

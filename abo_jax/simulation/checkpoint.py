@@ -139,7 +139,8 @@ def run_fingerprint(
     """What defines a run, as short hashes, to store in a checkpoint and compare on resume.
 
     Args:
-      sim: a :class:`~abo_jax.simulation.Simulation` (its un-jitted ``round_step`` is traced once).
+      sim: a :class:`~abo_jax.FederatedRound` (its ``apply`` is traced once) or a
+        :class:`~abo_jax.simulation.Simulation` (its un-jitted ``round_step``).
       state: the run's *initial* state (``sim.init(key, data, ...)``, before any resume).
       data: the clients' :class:`~abo_jax.data.ClientData`.
       test: ``(x, y)`` test set, or None.
@@ -160,7 +161,7 @@ def run_fingerprint(
         "init": _hash_arrays(jax.tree.leaves(state)),
         "data": _hash_arrays(jax.tree.leaves(data)),
         "test": None if test is None else _hash_arrays(jax.tree.leaves(tuple(test))),
-        "program": _program_hash(sim.round_step, state, data, None),
+        "program": _program_hash(getattr(sim, "round_step", None) or sim.apply, state, data, None),
         "jax": jax.__version__,
         "options": _jsonable(dict(options or {})),
         "user": _jsonable(user),

@@ -54,6 +54,11 @@ def _stack(records: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     return {name: np.stack([np.asarray(r[name]) for r in records]) for name in records[0]}
 
 
+def round_function(sim: Any) -> Any:
+    """The jitted round of a :class:`~abo_jax.FederatedRound` (``apply``) or a ``Simulation``."""
+    return sim.apply if hasattr(sim, "apply") else sim.round
+
+
 def run(
     sim: Simulation,
     data: ClientData,
@@ -143,6 +148,12 @@ def run(
         )
 
     key = check_key(key, sim.num_runs)  # a clear error for None, a seed, a wrong shape
+    for where, value in jax.tree_util.tree_leaves_with_path(hparams):
+        if not np.all(np.isfinite(np.asarray(value, float))):
+            raise ValueError(
+                f"hparams{jax.tree_util.keystr(where)}: must be finite, got {np.asarray(value)} "
+                "(a NaN or infinite learning rate trains nothing)"
+            )
     state = sim.init(key, data, weights=weights, hparams=hparams, lora_scale=lora_scale)
     records: list[dict[str, Any]] = []
     overwrite, fp = False, None
@@ -185,11 +196,12 @@ def run(
         )
         overwrite = False  # from now on the file is this run's
 
+    step = round_function(sim)
     bar = tqdm(total=int(rounds), initial=start, disable=not progress, desc=desc, leave=False)
     warned = any(_nonfinite(rec) for rec in records)  # warned when those rounds ran
     try:
         for r in range(start + 1, int(rounds) + 1):
-            state, metrics = sim.round(state, data, inputs)
+            state, metrics = step(state, data, inputs)
             record = {"round": np.asarray(r), **jax.device_get(metrics)}
             if r % eval_every == 0 or r == rounds:
                 ev = jax.device_get(sim.evaluate(state, x_test, y_test, test_inputs))

@@ -96,3 +96,16 @@ def test_run_refuses_a_seed_or_none_as_key_and_takes_a_legacy_key(clients_fn):
     legacy, _ = aj.run(sim, data, test, rounds=2, key=jax.random.PRNGKey(2), progress=False)
     typed, _ = aj.run(sim, data, test, rounds=2, key=jax.random.key(2), progress=False)
     np.testing.assert_array_equal(legacy["test_loss"], typed["test_loss"])
+
+
+def test_run_refuses_non_finite_hparams_by_name(clients_fn):
+    import abo_jax as aj
+
+    data = clients_fn(np.random.default_rng(0), [5, 6], 4, 3)
+    model = aj.paper_mlp(4, (3,), 3, ranks=1, dtype=jnp.float64)
+    sim = aj.make_simulation(
+        model, aj.product_sum(), optimizer=lambda hp: aj.paper_sgd(hp["lr"], 0.0, 0.0)
+    )
+    with pytest.raises(ValueError, match=r"hparams\['lr'\]: must be finite, got nan"):
+        aj.run(sim, data, (data.x[0], data.y[0]), rounds=1, key=jax.random.key(0),
+               hparams={"lr": jnp.nan}, progress=False)  # fmt: skip

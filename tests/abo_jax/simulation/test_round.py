@@ -146,7 +146,15 @@ def _merge_reset_abo():
         del m
         return Broadcast(factors, delta), state, {}
 
-    return make_abo(init, core)
+    return make_abo(init, core, traits=aj.Traits(corrects_base=True))
+
+
+def test_an_operator_that_corrects_the_base_without_declaring_it_is_refused(rng, clients_fn):
+    data = clients_fn(rng, [6, 4], FEAT, CLASSES)
+    undeclared = _merge_reset_abo()._replace(traits=aj.Traits())
+    sim = aj.make_simulation(_model(), undeclared, batch_size=4)
+    with pytest.raises(ValueError, match="corrects_base=True"):
+        sim.init(jax.random.key(3), data)
 
 
 def test_base_delta_is_folded_and_cache_recomputed(rng, clients_fn):
