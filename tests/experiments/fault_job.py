@@ -20,6 +20,7 @@ import abo_jax as aj  # noqa: E402
 from abo_jax.data.client_data import ClientData  # noqa: E402
 
 ROUNDS, CHUNK, KILL_AFTER = 6, 2, 4
+LONG = 40  # rounds of the run killed from outside at a random time
 
 
 def problem():
@@ -52,6 +53,15 @@ def chunks(path):
     raise SystemExit("not killed")
 
 
+def chunks_long(path):
+    from experiments.paper.run import train_in_chunks
+
+    data, test = problem()
+    train_in_chunks(sim(), data, test, rounds=LONG, key=jax.random.key(5), chunk=CHUNK,
+                    checkpoint_path=path)  # fmt: skip
+    print("finished", flush=True)
+
+
 def big_state(i):
     return {"w": np.full((1 << 21,), float(i)), "key": jax.random.key(i)}  # 16 MiB
 
@@ -72,4 +82,5 @@ def json_writes(path):
 
 
 if __name__ == "__main__":
-    {"chunks": chunks, "writes": writes, "json": json_writes}[sys.argv[1]](sys.argv[2])
+    modes = {"chunks": chunks, "long": chunks_long, "writes": writes, "json": json_writes}
+    modes[sys.argv[1]](sys.argv[2])

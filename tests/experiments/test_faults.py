@@ -67,6 +67,26 @@ def test_killed_mid_run_resumes_to_identical_results(killed_chunks, tmp_path):
     _same(_chunks(copy), straight)
 
 
+def test_killed_at_a_random_moment_resumes_to_identical_results(tmp_path):
+    # Killed from outside once the first chunk is stored: inside a round, an evaluation or a
+    # checkpoint write, wherever it is by then.
+    path = tmp_path / "run.ckpt"
+    with subprocess.Popen(
+        [sys.executable, str(HERE / "fault_job.py"), "long", str(path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV, cwd=ROOT,
+    ) as proc:  # fmt: skip
+        try:
+            deadline = time.monotonic() + 240
+            while not path.exists() and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(random.Random(0).uniform(0.0, 0.05))
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=60)
+    assert path.exists()
+    _same(_chunks(path, rounds=job.LONG), _chunks(rounds=job.LONG))
+
+
 @pytest.mark.parametrize(
     "change, field",
     [({"op": "product_sum"}, "program"), ({"seed": 6}, "init")],
