@@ -161,23 +161,23 @@ def _holder_script(folder: Path, hold: float) -> str:
 
 def test_a_second_run_on_a_locked_folder_is_refused_naming_the_holder(tmp_path):
     folder = tmp_path / "cells"
-    holder = subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, "-c", _holder_script(folder, 60)], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(FolderLocked, match=rf"in use by process {holder.pid}\b") as err:
-            run_grid([{"i": 0}], lambda c: {"v": 1}, folder, show_progress=False)
-        assert str(folder) in str(err.value)
-        assert not list(folder.glob("*.json"))  # refused before any cell
-        t0 = time.monotonic()
-        with pytest.raises(FolderLocked):  # waiting is bounded by its timeout
-            with folder_lock(folder, timeout=0.5):
-                pass
-        assert 0.4 < time.monotonic() - t0 < 5
-    finally:
-        holder.send_signal(signal.SIGKILL)
-        holder.wait()
+    ) as holder:
+        try:
+            assert holder.stdout.readline().strip() == "locked"
+            with pytest.raises(FolderLocked, match=rf"in use by process {holder.pid}\b") as err:
+                run_grid([{"i": 0}], lambda c: {"v": 1}, folder, show_progress=False)
+            assert str(folder) in str(err.value)
+            assert not list(folder.glob("*.json"))  # refused before any cell
+            t0 = time.monotonic()
+            with pytest.raises(FolderLocked):  # waiting is bounded by its timeout
+                with folder_lock(folder, timeout=0.5):
+                    pass
+            assert 0.4 < time.monotonic() - t0 < 5
+        finally:
+            holder.send_signal(signal.SIGKILL)
+            holder.wait()
     # the dead holder's lock file is left behind and taken over
     assert (folder / ".lock").exists()
     records, counts = run_grid([{"i": 0}], lambda c: {"v": 1}, folder, show_progress=False)
