@@ -330,6 +330,9 @@ def linearize_operator(
 
     Returns:
       :class:`Linearization`.
+
+    Cost: one jvp and two operator calls per live coordinate, ``n = m r (d + k)`` of them, and
+    dense ``(m d k) x n`` matrices: meant for small consensus points (certify's are ``n <= 30``).
     """
     with jax.enable_x64(True):
         b0 = np.asarray(b0, np.float64)
@@ -510,8 +513,9 @@ def consistency_at(
     """
     b0, a0 = np.asarray(b0, float), np.asarray(a0, float)
     w = np.asarray(weights, float)
-    if w.ndim != 1 or np.any(w <= 0) or abs(w.sum() - 1) > 1e-9:
+    if w.ndim != 1 or np.any(w <= 0) or abs(w.sum() - 1) > 1e-6:
         raise ValueError(f"weights: consistency points need (m,) weights > 0 summing to 1, got {w}")
+    w = w / w.sum()  # float32 weights sum to 1 only up to rounding
     m, r = w.shape[0], b0.shape[1]
     ranks = np.full(m, r) if ranks is None else np.asarray(ranks)
     lin = linearization or linearize_operator(
