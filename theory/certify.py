@@ -1018,10 +1018,10 @@ class CertifyReport:
         k = self.consistency
         if k.status == HOLDS:
             cons = "holds" + (" (rescaled)" if k.rescaled else "")
+        elif k.fixed_point == VIOLATED:
+            cons = f"**violated**: not a fixed point (defect {k.fixed_point_defect:.3g})"
         else:
-            cons = f"**violated**: {k.witness['reason'].split(':')[0]}"
-            cons += f", defect {k.defect:.3g}" if k.fixed_point == HOLDS else (
-                f", fixed-point defect {k.fixed_point_defect:.3g}")  # fmt: skip
+            cons = f"**violated**: {k.witness['reason'].split(':')[0]} {k.defect:.3g}"
         return f"| `{self.operator}` | {cond(self.weak)} | {cond(self.strong)} | {cons} |"
 
     def table(self) -> str:

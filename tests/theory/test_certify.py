@@ -157,6 +157,9 @@ def test_client_zero_weak_and_strong_hold_consistency_flags_it(reports):
     assert doc["consistency"]["status"] == VIOLATED
     assert doc["consistency"]["witness"]["direction"]["U"]
     assert doc["verdict"][0].startswith("WARNING")
+    row = rep.markdown_row()  # the README's certify table
+    assert row.startswith("| `client_zero_only` | holds, ") and "**violated**: first-order" in row
+    assert reports["product_sum"].markdown_row().endswith("| holds, 1 / 1 (bound 1) | holds |")
 
 
 def test_consistent_operators_pass_all_three(reports):
