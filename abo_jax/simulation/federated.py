@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from abo_jax.aggregation._base import ABO, broadcast_to_clients, weighted_sum
+from abo_jax.aggregation._base import ABO, Broadcast, broadcast_to_clients
 from abo_jax.data._shuffle import stable_partition
 from abo_jax.data.client_data import ClientData
 from abo_jax.lora import is_lora, mask_rank
@@ -349,7 +349,7 @@ def _make_init_state(spec: _Spec) -> Callable[..., SimState]:
             key=k_run,
             frozen=frozen,
             clients=clients,
-            abo_state=abo.init(clients.lora, key=k_abo),
+            abo_state=abo.init(clients, key=k_abo),
             opt_state=opt_state,
             weights=weights,
             lora_scale=lora_scale,
@@ -363,7 +363,7 @@ def _check_declared_traits(spec: _Spec, init_state, *args) -> None:
     """What the operator does must be what it declares (checked on shapes, nothing computed)."""
     state = jax.eval_shape(init_state, *args)
     broadcast, _, _ = jax.eval_shape(
-        spec.abo.aggregate, state.clients.lora, state.weights, state.abo_state
+        spec.abo.aggregate, state.clients, state.weights, state.abo_state
     )
     if jax.tree.leaves(broadcast.base_delta) and not spec.abo.traits.corrects_base:
         raise ValueError(
@@ -463,15 +463,20 @@ def _make_apply(spec: _Spec, prepare_clients: Callable) -> Callable:
         trained, opt_state, losses = _train_round_clients(
             spec, state, data, inputs, client_keys, taking_part
         )
-        broadcast, abo_state, diag = abo.aggregate(trained.lora, weights, state.abo_state)
-        extra = broadcast_to_clients(weighted_sum(trained.extra, weights), m)
+        # The whole trainable tree travels through the operator (dense leaves such as biases are
+        # FedAvg-ed by it), so its byte counts include everything a client sends and receives.
+        broadcast, abo_state, diag = abo.aggregate(trained, weights, state.abo_state)
+        delta = broadcast.base_delta
+        lora_broadcast = Broadcast(
+            factors=broadcast.factors.lora, base_delta=None if delta is None else delta.lora
+        )
         metrics = {
             "train_loss": jnp.sum(weights * losses.astype(weights.dtype)),
             "participants": jnp.sum(taking_part.astype(jnp.int32)),
             **{f"abo/{name}": value for name, value in diag.items()},
         }
         if spec.metrics_fn is not None:
-            extra_metrics = spec.metrics_fn(trained.lora, weights, broadcast)
+            extra_metrics = spec.metrics_fn(trained.lora, weights, lora_broadcast)
             clash = set(extra_metrics) & set(metrics)
             if clash:
                 raise ValueError(f"metrics_fn: names {sorted(clash)} clash with built-in metrics")
@@ -479,8 +484,8 @@ def _make_apply(spec: _Spec, prepare_clients: Callable) -> Callable:
         new_state = state._replace(
             round=state.round + 1,
             key=k_next,
-            frozen=model.fold(state.frozen, broadcast.base_delta),
-            clients=Trainable(lora=broadcast.factors, extra=extra),
+            frozen=model.fold(state.frozen, lora_broadcast.base_delta),
+            clients=broadcast.factors,
             abo_state=abo_state,
             opt_state=opt_state,
         )
@@ -515,9 +520,10 @@ def federated_round(
     A round: sample clients (weights of the others set to 0, the rest renormalized); train every
     client from its broadcast start with ``client_update`` mapped over the clients by
     ``map_clients`` (the frozen base shared, not copied); keep the start for non-sampled clients;
-    aggregate ``trainable.lora`` with ``abo`` and ``trainable.extra`` (biases) with the weighted
-    mean; fold ``broadcast.base_delta`` into the frozen base; start every client from the broadcast
-    next round. Nothing depends on the round index's value, so a jitted round is traced once.
+    aggregate the whole :class:`~abo_jax.Trainable` tree with ``abo`` (its LoRA factors by the
+    operator's rule, dense leaves such as biases FedAvg-ed by it, so its ``bytes_up`` /
+    ``bytes_down`` count everything that travels); fold ``broadcast.base_delta`` into the frozen
+    base; start every client from the broadcast next round. Nothing depends on the round index's value, so a jitted round is traced once.
 
     Args:
       model: a :class:`~abo_jax.models.Model`.

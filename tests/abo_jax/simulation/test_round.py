@@ -132,19 +132,29 @@ def _merge_reset_abo():
     """Folds the weighted mean product into the base and resets the factors (a FLoRA-like ABO)."""
 
     def init(clients=None, key=None):
-        return {"a0": jax.tree.map(lambda f: f.a[0], clients, is_leaf=aj.is_lora)}
+        return {"a0": jax.tree.map(lambda f: f.a[0], clients.lora, is_leaf=aj.is_lora)}
 
     def core(clients, weights, state):
+        # The round hands the whole Trainable; the biases (clients.extra) are FedAvg-ed.
+        lora = clients.lora
         delta = jax.tree.map(
-            lambda f: jnp.einsum("c,cdr,crk->dk", weights, f.b, f.a), clients, is_leaf=aj.is_lora
+            lambda f: jnp.einsum("c,cdr,crk->dk", weights, f.b, f.a), lora, is_leaf=aj.is_lora
         )
-        m = weights.shape[0]
         factors = jax.tree.map(
             lambda f, a0: aj.LoRAFactors(jnp.zeros_like(f.b), jnp.broadcast_to(a0, f.a.shape)),
-            clients, state["a0"], is_leaf=aj.is_lora,
+            lora, state["a0"], is_leaf=aj.is_lora,
         )  # fmt: skip
-        del m
-        return Broadcast(factors, delta), state, {}
+        m = weights.shape[0]
+        extra = aj.broadcast_to_clients(aj.weighted_sum(clients.extra, weights), m)
+        no_delta = jax.tree.map(lambda x: None, clients.extra)
+        return (
+            Broadcast(
+                clients._replace(lora=factors, extra=extra),
+                clients._replace(lora=delta, extra=no_delta),
+            ),
+            state,
+            {},
+        )
 
     return make_abo(init, core, traits=aj.Traits(corrects_base=True))
 
@@ -349,3 +359,14 @@ def test_client_chunk_equals_all_clients_at_once(rng, clients_fn, sampling, chun
         states.append((state.frozen, state.clients, state.opt_state, metrics))
     close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)  # noqa: E731
     jax.tree.map(close, states[1], states[0])
+
+
+def test_bytes_count_everything_that_travels_biases_included(rng, clients_fn):
+    # paper_mlp(6, (5, 4), 3, ranks=2) in float64: LoRA factors r (d + k) per layer, biases 5+4+3.
+    data = clients_fn(rng, [6, 4, 5], FEAT, CLASSES)
+    sim = aj.make_simulation(_model(), aj.product_sum(), batch_size=4)
+    _, metrics = sim.round(sim.init(jax.random.key(0), data), data)
+    factors = 2 * (5 + 6) + 2 * (4 + 5) + 2 * (3 + 4)
+    biases = 5 + 4 + 3
+    np.testing.assert_array_equal(metrics["abo/bytes_up"], np.full(3, 8.0 * (factors + biases)))
+    np.testing.assert_array_equal(metrics["abo/bytes_down"], np.full(3, 8.0 * (factors + biases)))
