@@ -12,20 +12,29 @@ Typical use (the paper's protocol on digits)::
     history, state = aj.run(sim, data, (ds.x_test, ds.y_test), rounds=20, key=jax.random.key(1))
     history["test_accuracy"]                                          # (rounds,)
 
+The round as values (``make_simulation`` composes them in one call)::
+
+    rnd = aj.federated_round(model, aj.sum_product(), client_update=aj.client_update)
+    rnd = aj.jit_round(aj.over_runs(rnd, 3))                         # 3 seeds, one program
+    history, state = aj.run(rnd, data, test, rounds=20, key=jax.random.key(1))
+
 Design choices:
 
-* The round is ``jax.jit`` of one pure function of ``(state, data, inputs)``; everything that varies
-  across rounds lives in :class:`SimState`, so it is traced once.
-* Local training is :func:`client_update` for one client, ``jax.vmap``-ed with the frozen base
-  broadcast (``in_axes=None``). Non-sampled clients are trained too (fixed shapes) and their result
-  discarded: they keep their start and get weight 0.
-* ``Trainable.lora`` goes through the ABO; ``Trainable.extra`` (biases) is averaged with the plain
-  weighted mean; ``broadcast.base_delta`` is folded into the frozen base by ``model.fold``.
-* The global model evaluated each round is :func:`global_trainable` (``eval_mode="global"``): the
-  broadcast itself for global operators, the weighted mean of personal factors for FedSA-LoRA;
-  ``eval_mode="personalized"`` averages every client's own model's accuracy instead.
-* Runs resume from atomic checkpoints with identical numbers: all randomness comes from the key in
-  the state.
+* A round is a :class:`FederatedRound` of pure functions of one run; :func:`over_runs`,
+  :func:`on_mesh`, :func:`jit_round` and :func:`scan_rounds` take a round and return one, and
+  :func:`client_groups` is a ``map_clients`` value. A jitted round is traced once: everything that
+  varies across rounds lives in :class:`SimState`.
+* Local training is :func:`client_update` for one client (or any function with its signature,
+  passed as ``client_update=``), ``jax.vmap``-ed with the frozen base shared (``in_axes=None``).
+  Non-sampled clients are trained too (fixed shapes) and their result discarded, unless a
+  fixed-count sampler lets the round train only the sampled ones.
+* The whole :class:`~abo_jax.Trainable` tree goes through the ABO (biases FedAvg-ed by it);
+  ``broadcast.base_delta`` is folded into the frozen base by ``model.fold``.
+* What the round needs to know about the operator it reads from ``abo.traits``
+  (:class:`~abo_jax.Traits`): which factors train, whether the base moves, whether the broadcast is
+  personal (then each client's own model is evaluated), the ranks and scales.
+* Runs resume from checkpoints with identical numbers: all randomness comes from the key in the
+  state.
 
 Reference: Chen et al., arXiv:2508.01348.
 """
