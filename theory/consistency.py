@@ -55,9 +55,9 @@ equality at ``U_j \propto (q_j - p_j) / p_j``): ``((1 - p_0)/p_0)^{1/2}`` for br
 **How it is computed.** ``Pi`` is linearized with :func:`jax.jvp` in float64 on the basis of live
 drift coordinates. Where ``jvp`` is not finite (SP: the SVD's derivative has ``1 / (s_i^2 - s_j^2)``
 terms and a consensus point has repeated zero singular values) the matrix is taken by central
-differences in float64, legitimate by the Eckart-Young bound above (truncation error
-``<= fd_step / 2`` relative). Every linearization is checked against central differences along
-random directions (``linearity_error``).
+differences in float64, legitimate by the Eckart-Young bound above (the remainder is
+``O(delta^2)``, so the difference quotient is off by ``O(fd_step)``). Every linearization is checked
+against central differences along random directions (``linearity_error``).
 
 **Limiting constants (the upper side of certify's constants).** At a fixed point the weak ratio has
 the exact limit ``lim R_w / delta^2 = \sum_i p_i \|Pi_i'(0)[x] - (U_i M_i A_0 + B_0 M_i V_i)\|^2``,
@@ -66,8 +66,9 @@ ratio from the factors' derivative when the factors are a fixed point (else the 
 For a consistent operator with equal ranks ``(T - J_i)[x] = (\bar U - U_i) A_0 + B_0 (\bar V -
 V_i)``, so ``lim R_w / delta^2 <= \|A_0\|_2^2 + \|B_0\|_2^2 <= C_A^2 + C_B^2`` (Cauchy-Schwarz and
 ``\sum_i p_i \|x_i - \bar x\|^2 <= \sum_i p_i \|x_i\|^2``; equality for ``m >= 2``). Factor averaging
-(PS) has strong limit exactly ``1``. Consistency thus *implies* the weak condition near consensus
-(``R_w = R_w^* + O(delta^4)`` by identity 1); the converse fails (client 0 only).
+(PS) has strong limit exactly ``1``. For a global operator consistency thus *implies* the weak
+condition near consensus (``R_w = R_w^* + O(delta^4)`` by identity 1, with a remainder ``O(delta^2)``
+in the product); the converse fails (client 0 only).
 
 **What consistency gives (our derivation).** Let ``\Phi(W) = \sum_i p_i f_i(W)`` be ``L``-smooth in
 the adapted weight ``W``, ``F(B, A) = \Phi(B A)``, ``\|\nabla f_i\| <= G`` and the factors bounded
@@ -358,7 +359,14 @@ def linearize_operator(
         size = max(1.0, float(np.abs(b0).max(initial=0)), float(np.abs(a0).max(initial=0)))
         h = fd_step * size
         bb, ba = jnp.asarray(basis_b), jnp.asarray(basis_a)
-        fd = [np.asarray(x) for x in f["central"](bb, ba, h, sb, sa, wj, state)]
+        # the basis and two random directions (the linearity check) in one batch: one compile
+        rng = np.random.default_rng(seed)
+        coef = rng.normal(size=(2, basis_b.shape[0]))
+        db = jnp.concatenate([bb, jnp.asarray(np.tensordot(coef, basis_b, 1))])
+        da = jnp.concatenate([ba, jnp.asarray(np.tensordot(coef, basis_a, 1))])
+        n = basis_b.shape[0]
+        both = [np.asarray(x) for x in f["central"](db, da, h, sb, sa, wj, state)]
+        fd, direct = [x[:n] for x in both], both[0][n:]
         jac, method, discrepancy = fd, "finite differences", float("nan")
         try:
             jv = [np.asarray(x) for x in f["jvps"](bb, ba, sb, sa, wj, state)]
@@ -368,11 +376,6 @@ def linearize_operator(
             discrepancy = _rel(jv[0], fd[0])
             if discrepancy <= 1e-4:
                 jac, method = jv, "jvp"
-        rng = np.random.default_rng(seed)
-        coef = rng.normal(size=(2, basis_b.shape[0]))
-        db = jnp.asarray(np.tensordot(coef, basis_b, 1))
-        da = jnp.asarray(np.tensordot(coef, basis_a, 1))
-        direct = np.asarray(f["central"](db, da, h, sb, sa, wj, state)[0])
         lin_err = _rel(np.tensordot(coef, jac[0], 1), direct)
         return Linearization(*out0, *jac, basis_b, basis_a, method, discrepancy, lin_err)
 

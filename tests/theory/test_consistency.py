@@ -119,7 +119,7 @@ def test_frozen_and_personalized_operators():
     assert consistency_at(ffa(), B0, A0, P, trainable=(True, False)).holds
     chk = check_consistency(rolora())  # both phases: B trained, then A
     assert chk.status == HOLDS
-    assert {tuple(p.b0[0]) for p in chk.points} and len(chk.points) == 24
+    assert len(chk.points) == 16  # 2 shapes x 2 weights x 2 starts x 2 phases
     fs = check_consistency(fedsa(), personalized=True)
     assert fs.status == VIOLATED and fs.fixed_point == HOLDS and "personalized" in fs.note
 
