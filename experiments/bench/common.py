@@ -1,10 +1,10 @@
-"""Shared benchmark machinery: interleaved timing, matmul peak, environment, JSON and tables.
+"""The timing harness every benchmark shares: variants side by side, environment, JSON, tables, CLI.
 
-Every benchmark compares its variants side by side in one process. The machines are shared and
-noisy, so variants are timed round-robin (one call of each per repetition, so that a burst of load
-hits all of them alike), warm-up calls are excluded, compile time is measured separately (lowering
-+ compilation of the jitted function), and the figure reported is the median over repetitions.
-Ratios between variants of the same run are the numbers to quote, not absolute times.
+These machines are shared and noisy, so variants are compared side by side in one process: timed
+round-robin (one call of each per repetition, the order rotated every repetition, so that a burst of
+load hits all of them alike and none always runs after the same one), warm-up calls excluded,
+compilation timed apart, the median over repetitions reported. The ratios between variants of one
+run are the figures to quote, not absolute times. Nothing here touches the environment at import.
 """
 
 from __future__ import annotations
@@ -30,30 +30,29 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.devices import host_mesh, mesh_devices, use_host_devices  # noqa: F401 - re-exported
+from experiments.devices import host_mesh, mesh_devices, use_host_devices
 
 __all__ = [
+    "DEFAULT_OUT",
     "Timing",
     "bench_main",
-    "bench_parser",
-    "compile_timed",
     "code_fingerprint",
+    "compile_timed",
     "compiled_thunk",
     "env_info",
     "format_table",
-    "matmul_flops",
-    "matmul_peak",
-    "matmul_reference",
-    "matmul_thunk",
-    "print_report",
+    "host_mesh",
+    "max_abs_diff",
+    "mesh_devices",
+    "run_python",
     "time_interleaved",
     "time_with_matmul",
-    "times_of",
     "to_jsonable",
     "write_json",
 ]
 
 DEFAULT_OUT = Path("results") / "bench"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)
@@ -65,25 +64,17 @@ class Timing:
     times_s: tuple[float, ...]
 
 
-def compile_timed(fn: Callable, *args: Any, **kwargs: Any):
-    """Lowers and compiles ``jax.jit(fn)`` (or an already-jitted ``fn``) for ``args``.
-
-    Returns:
-      ``(compiled, seconds)``: the compiled executable (call it with the same arguments) and the
-      time lowering + compilation took.
-    """
+def compile_timed(fn: Callable, *args: Any) -> tuple[Any, float]:
+    """``(compiled, seconds)``: ``fn`` (jitted, or ``jax.jit``-ed here) lowered and compiled for
+    ``args``, and the time that took."""
     jitted = fn if hasattr(fn, "lower") else jax.jit(fn)
     t0 = time.perf_counter()
-    compiled = jitted.lower(*args, **kwargs).compile()
+    compiled = jitted.lower(*args).compile()
     return compiled, time.perf_counter() - t0
 
 
-def compiled_thunk(fn: Callable, *args: Any):
-    """:func:`compile_timed` of ``fn`` for ``args``, as a zero-argument thunk to time.
-
-    Returns:
-      ``(thunk, compiled, compile_seconds)``; ``thunk()`` calls the executable on ``args``.
-    """
+def compiled_thunk(fn: Callable, *args: Any) -> tuple[Callable[[], Any], Any, float]:
+    """``(thunk, compiled, compile seconds)``; ``thunk()`` runs the executable on ``args``."""
     compiled, seconds = compile_timed(fn, *args)
     return (lambda: compiled(*args)), compiled, seconds
 
@@ -95,21 +86,14 @@ def _block(x: Any) -> None:
 
 
 def time_interleaved(
-    thunks: Mapping[str, Callable[[], Any]],
-    *,
-    reps: int = 5,
-    warmup: int = 1,
-    min_time_s: float = 0.0,
+    thunks: Mapping[str, Callable[[], Any]], *, reps: int = 5, warmup: int = 1
 ) -> dict[str, Timing]:
-    """Times several zero-argument callables round-robin; returns each one's median.
+    """Times zero-argument callables round-robin; returns each one's :class:`Timing`.
 
-    Each repetition calls every thunk once, in turn, and blocks on the JAX arrays it returns (a torch
-    or numpy result is already computed when the call returns); the turn order rotates by one each
-    repetition, so that no variant always follows the same one (a large matmul leaves the caches
-    cold for whatever runs next: a millisecond variant that always followed it measured 1.5x slower
-    than an identical one). ``warmup`` rounds run first, in the given order, and are discarded.
-    When ``min_time_s`` is positive, repetitions continue past ``reps`` until the slowest variant
-    has accumulated that much time (at most ``4 * reps`` repetitions).
+    Each repetition calls every thunk once and blocks on the JAX arrays it returns (a torch or
+    numpy result is ready when the call returns); the order rotates by one every repetition (a
+    millisecond variant that always followed a large matmul measured 1.5x slower than an identical
+    one: cold caches). ``warmup`` rounds run first, in order, and are discarded.
     """
     if reps < 1:
         raise ValueError(f"reps must be >= 1, got {reps}")
@@ -118,124 +102,53 @@ def time_interleaved(
         for name in names:
             _block(thunks[name]())
     times: dict[str, list[float]] = {name: [] for name in names}
-    i = 0
-    while True:
+    for i in range(reps):
         shift = i % len(names)
         for name in names[shift:] + names[:shift]:
             t0 = time.perf_counter()
             _block(thunks[name]())
             times[name].append(time.perf_counter() - t0)
-        i += 1
-        if i >= reps and (min(sum(v) for v in times.values()) >= min_time_s or i >= 4 * reps):
-            break
-    return {name: Timing(statistics.median(v), min(v), tuple(v)) for name, v in times.items()}
-
-
-def times_of(timings: Mapping[str, Timing]) -> dict[str, tuple[float, ...]]:
-    """Every repetition's seconds per variant (for the JSON)."""
-    return {name: t.times_s for name, t in timings.items()}
+    return {n: Timing(statistics.median(v), min(v), tuple(v)) for n, v in times.items()}
 
 
 def time_with_matmul(
-    thunks: Mapping[str, Callable[[], Any]],
-    matmul_sizes: Sequence[int],
-    *,
-    reps: int,
-    warmup: int = 1,
+    thunks: Mapping[str, Callable[[], Any]], sizes: Sequence[int], *, reps: int, warmup: int = 1
 ) -> tuple[dict[str, Timing], dict[str, Any]]:
-    """Times ``thunks`` round-robin together with square matmuls, the machine's FLOP/s reference.
+    """Times ``thunks`` round-robin with square float32 matmuls, the machine's FLOP/s reference.
+
+    The reference is the best median GFLOP/s over ``sizes`` (on a loaded machine a large product
+    can suffer more than a smaller one; the reference is what the machine reaches).
 
     Returns:
-      ``(timings, matmul)``: the timings of every thunk and of every ``matmul_<n>``, and
-      :func:`matmul_peak`'s summary plus each size's repetitions (``matmul["times_s"]``).
+      ``(timings, matmul)``: every thunk's and every ``matmul_<n>``'s timing, and ``{"gflops",
+      "best", "per_size_gflops", "times_s"}``.
     """
-    mm_thunks, mm_flops = matmul_reference(tuple(matmul_sizes))
-    timings = time_interleaved({**thunks, **mm_thunks}, reps=reps, warmup=warmup)
-    matmul = matmul_peak(timings, mm_flops)
-    matmul["times_s"] = {name: timings[name].times_s for name in mm_flops}
-    return timings, matmul
-
-
-def matmul_flops(n: int) -> float:
-    """FLOPs of an ``(n, n) @ (n, n)`` product: ``2 n^3``."""
-    return 2.0 * n**3
-
-
-def matmul_thunk(n: int = 2048, dtype: Any = jnp.float32, *, seed: int = 0):
-    """A jitted ``(n, n) @ (n, n)`` product as a thunk, the machine's reference FLOP/s.
-
-    Time it in the same :func:`time_interleaved` call as the code it is compared with, so both see
-    the same load. The matrices are already on the device; only the product is timed.
-
-    Returns:
-      ``(thunk, flops, compile_seconds)``.
-    """
-    key_a, key_b = jax.random.split(jax.random.key(seed))
-    a = jax.random.normal(key_a, (n, n), dtype)
-    b = jax.random.normal(key_b, (n, n), dtype)
-    compiled, compile_s = compile_timed(jnp.matmul, a, b)
-    return (lambda: compiled(a, b)), matmul_flops(n), compile_s
-
-
-def matmul_reference(sizes=(512, 1024, 2048), dtype: Any = jnp.float32):
-    """Thunks for square matmuls of several sizes, to time alongside the code under test.
-
-    The machine's matmul FLOP/s is the best median over the sizes (:func:`matmul_peak`): on a loaded
-    machine a large multi-threaded product can suffer more than a smaller one, and the reference
-    should be what the machine can reach, not one unlucky size.
-
-    Returns:
-      ``({"matmul_<n>": thunk}, {"matmul_<n>": flops})``.
-    """
-    thunks, flops = {}, {}
+    mm, flops = {}, {}
     for n in sizes:
-        thunk, f, _ = matmul_thunk(n, dtype)
-        thunks[f"matmul_{n}"], flops[f"matmul_{n}"] = thunk, f
-    return thunks, flops
-
-
-def matmul_peak(timings: Mapping[str, Timing], flops: Mapping[str, float]) -> dict[str, Any]:
-    """``{"gflops": best, "size": name, "per_size": {name: GFLOP/s}}`` from :func:`matmul_reference`."""
-    per = {name: flops[name] / timings[name].median_s / 1e9 for name in flops}
+        a, b = jax.random.normal(jax.random.key(n), (2, n, n), jnp.float32)
+        mm[f"matmul_{n}"] = compiled_thunk(jnp.matmul, a, b)[0]
+        flops[f"matmul_{n}"] = 2.0 * n**3
+    timings = time_interleaved({**thunks, **mm}, reps=reps, warmup=warmup)
+    per = {name: f / timings[name].median_s / 1e9 for name, f in flops.items()}
     best = max(per, key=per.get)
-    return {"gflops": per[best], "best": best, "per_size_gflops": per}
+    times = {name: timings[name].times_s for name in mm}
+    return timings, {"gflops": per[best], "best": best, "per_size_gflops": per, "times_s": times}
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-        )
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
+def max_abs_diff(tree_a: Any, tree_b: Any) -> float:
+    """``max |a - b|`` over the leaves of two trees of the same structure."""
+    pairs = zip(jax.tree.leaves(tree_a), jax.tree.leaves(tree_b), strict=True)
+    return max(float(np.max(np.abs(np.asarray(a, float) - np.asarray(b, float)))) for a, b in pairs)
 
 
 def code_fingerprint(*roots: str | os.PathLike) -> str:
     """A hash of every ``.py`` file under ``roots`` (names and contents), as they are now.
 
-    The benchmarks run in a working tree that others edit: a benchmark that compares the results of
-    several processes records this in each, so that results of different code are never compared.
-    Default roots: the ``abo_jax`` package and this benchmark folder.
+    The working tree is edited by others while benchmarks run: a benchmark comparing processes
+    records this in each, so that results of different code are never compared (RESULTS.md, 6).
+    Default roots: ``abo_jax`` and this folder.
     """
-    if not roots:
-        here = Path(__file__).resolve().parent
-        roots = (here.parents[1] / "abo_jax", here)
+    roots = roots or (ROOT / "abo_jax", Path(__file__).resolve().parent)
     digest = hashlib.sha256()
     for root in map(Path, roots):
         for path in sorted(root.rglob("*.py")):
@@ -244,8 +157,35 @@ def code_fingerprint(*roots: str | os.PathLike) -> str:
     return digest.hexdigest()[:16]
 
 
+def run_python(code: str, *args: str, env: Mapping[str, str] | None = None, timeout_s: float):
+    """Runs ``python -c code args`` in a fresh process (this checkout first on the path); returns
+    its last stdout line parsed as JSON. For what must be set before JAX starts (device counts)."""
+    env = {**os.environ, **(env or {})}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"worker failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def _loadavg() -> list[float] | None:
-    """``uptime``'s 1, 5 and 15 minute load averages (the machine is shared)."""
     try:
         return [round(x, 2) for x in os.getloadavg()]
     except OSError:
@@ -253,31 +193,35 @@ def _loadavg() -> list[float] | None:
 
 
 def env_info() -> dict[str, Any]:
-    """Machine and software the figures were measured on (for the JSON and the table header)."""
+    """Machine and software the figures were measured on (recorded in every JSON)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(
+                (ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu
+            )
+    except OSError:
+        pass
     info: dict[str, Any] = {
         "date_utc": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "python": platform.python_version(),
         "jax": jax.__version__,
         "backend": jax.default_backend(),
         "devices": [str(d) for d in jax.devices()],
-        "device_kind": jax.devices()[0].device_kind,
-        "cpu": _cpu_model(),
+        "cpu": cpu,
         "nproc": os.cpu_count(),
-        "x64": bool(jax.config.jax_enable_x64),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "openblas_num_threads": os.environ.get("OPENBLAS_NUM_THREADS"),
         "loadavg": _loadavg(),
         "git_commit": _git_commit(),
     }
     if "torch" in sys.modules:
-        torch = sys.modules["torch"]
-        info["torch"] = torch.__version__
-        info["torch_threads"] = torch.get_num_threads()
+        info["torch"] = sys.modules["torch"].__version__
     return info
 
 
 def to_jsonable(x: Any) -> Any:
-    """Converts dataclasses, NamedTuples, numpy/JAX scalars and arrays to JSON-ready values."""
+    """Dataclasses, NamedTuples, numpy/JAX scalars and arrays as JSON values (NaN/inf -> None)."""
     if is_dataclass(x) and not isinstance(x, type):
         return to_jsonable(asdict(x))
     if isinstance(x, tuple) and hasattr(x, "_asdict"):
@@ -286,21 +230,17 @@ def to_jsonable(x: Any) -> Any:
         return {str(k): to_jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
         return [to_jsonable(v) for v in x]
-    if isinstance(x, (np.ndarray, jax.Array)):
+    if isinstance(x, (np.ndarray, jax.Array, np.generic)):
         return to_jsonable(np.asarray(x).tolist())
-    if isinstance(x, np.generic):
-        return to_jsonable(x.item())
     if isinstance(x, float) and not math.isfinite(x):
-        return None  # JSON has no NaN/Inf
+        return None
     if isinstance(x, (str, int, float, bool)) or x is None:
         return x
-    if isinstance(x, type) or hasattr(x, "dtype"):
-        return str(x)
     return str(x)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Writes ``obj`` as indented JSON atomically (temporary file in the same folder, then rename)."""
+    """Writes ``obj`` as indented JSON atomically (a temporary file in the folder, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -315,93 +255,68 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
     return path
 
 
-def format_cell(v: Any, spec: str | None) -> str:
-    """One table cell: ``-`` for None, ``spec`` for numbers, 4 significant digits for floats."""
+def _cell(v: Any, spec: str | None) -> str:
     if v is None:
         return "-"
     if spec and isinstance(v, (int, float, np.number)):
         return format(v, spec)
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str, str | None]]):
-    """A plain-text table; ``columns`` is a list of ``(key, header, format spec or None)``."""
-    cells = [[header for _, header, _ in columns]]
-    cells += [[format_cell(row.get(key), spec) for key, _, spec in columns] for row in rows]
+    """A plain-text table; ``columns``: ``(key, header, format spec or None)`` each."""
+    cells = [[h for _, h, _ in columns]] + [
+        [_cell(r.get(k), s) for k, _, s in columns] for r in rows
+    ]
     widths = [max(len(r[j]) for r in cells) for j in range(len(columns))]
     lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
 
-def print_report(title: str, config: Any, env: Mapping[str, Any], table: str, notes=()) -> None:
-    """Prints a benchmark's configuration, environment, table and notes to stdout."""
-    print(f"== {title} ==")
-    print(
-        f"{env['date_utc']}  {env['cpu']}  nproc={env['nproc']}  backend={env['backend']} "
-        f"({env['device_kind']}, {len(env['devices'])} device(s))  jax {env['jax']}"
-        + (f"  torch {env['torch']}" if "torch" in env else "")
+def bench_main(argv: Sequence[str] | None, bench: Any, *, skip_on=(), env_of=None) -> dict:
+    """The ``main`` of every benchmark: parse the CLI, run, print the table, write the JSON.
+
+    ``bench`` is the benchmark's module: ``NAME``, ``TITLE``, a docstring (its first line is the
+    CLI's description), ``get_config(quick, **options) -> dataclass``, ``run(config, reps) ->
+    dict`` (``reps`` None unless ``--reps`` was given), ``COLUMNS`` for ``result["rows"]`` or
+    ``table(result) -> str``, optionally ``OPTIONS`` (``{flag: argparse keywords}``, passed to
+    ``get_config`` by their ``dest``), ``notes(config, result) -> lines`` and ``json_name(config)``
+    (default ``NAME``). Writes ``<out>/<json name>.json`` with ``benchmark``, ``quick``, ``config``, ``env`` (with the load average
+    at the start) and the result's keys.
+
+    Args:
+      argv: the command line; ``None`` reads ``sys.argv``.
+      bench: the module (``sys.modules[__name__]``).
+      skip_on: exceptions meaning "cannot run here" (a missing optional dependency): the JSON then
+        holds ``skipped`` with the message.
+      env_of: ``env_of(result)`` where the figures were measured in other processes.
+    """
+    p = argparse.ArgumentParser(
+        prog=f"python -m experiments.bench.{bench.NAME}", description=bench.__doc__.split("\n")[0]
     )
-    load = env.get("loadavg")
-    if load is not None:
-        print(
-            f"load average (1, 5, 15 min): {load} at the end, {env.get('loadavg_at_start')} at the start"
-        )
-    print("config:", json.dumps(to_jsonable(config)))
-    print(table)
-    for note in notes:
-        print("note:", note)
-    sys.stdout.flush()
-
-
-def bench_parser(description: str) -> argparse.ArgumentParser:
-    """The CLI every benchmark shares: ``--quick``, ``--out DIR``, ``--reps N``, ``--host-devices N``."""
-    p = argparse.ArgumentParser(description=description)
-    p.add_argument("--quick", action="store_true", help="tiny sizes: checks it runs (no figures)")
+    p.add_argument("--quick", action="store_true", help="tiny sizes: checks that it runs")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for the JSON result")
     p.add_argument("--reps", type=int, default=None, help="timed repetitions per variant")
     p.add_argument(
         "--host-devices",
         type=int,
         default=1,
-        help="run with this many JAX CPU devices (jax_num_cpu_devices); rounds that take a mesh"
-        " also run sharded over them",
+        help="JAX CPU devices for the process (jax_num_cpu_devices); rounds also run sharded",
     )
-    return p
-
-
-def bench_main(
-    argv: Sequence[str] | None,
-    bench: Any,
-    *,
-    env_of: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None,
-    skip_on: tuple[type[BaseException], ...] = (),
-) -> dict[str, Any]:
-    """The ``main`` every benchmark shares: parse the CLI, run, print the report, write the JSON.
-
-    ``bench`` is the benchmark's module, which defines ``NAME``, ``TITLE``, a docstring (its first
-    line describes the CLI), ``get_config(quick) -> Config`` (a dataclass), ``run(config, reps) ->
-    result`` (``reps`` is None unless ``--reps`` was given), ``notes(config, result, env) -> lines``
-    or constant ``NOTES``, and either ``table(result) -> str`` or ``COLUMNS`` for ``result["rows"]``
-    (:func:`format_table`). Writes ``<out>/<NAME>.json`` with ``benchmark``, ``quick``, ``config``,
-    ``env`` (including the load average at the start of the run) and the keys of the result; the
-    notes printed end with the round under test (``result["round_impl"]``) and the targets.
-
-    Args:
-      argv: the command line (``--quick``, ``--out``, ``--reps``; see :func:`bench_parser`).
-      bench: the benchmark module (``sys.modules[__name__]``).
-      env_of: ``env_of(result)``, where the figures were measured elsewhere (a subprocess);
-        default :func:`env_info` in this process.
-      skip_on: exceptions that mean "cannot run here" (a missing optional dependency): the JSON then
-        holds ``skipped`` with the message instead of results.
-    """
-    args = bench_parser(bench.__doc__.splitlines()[0]).parse_args(argv)
+    options = getattr(bench, "OPTIONS", {})
+    for flag, kwargs in options.items():
+        p.add_argument(flag, **kwargs)
+    args = p.parse_args(argv)
+    if args.reps is not None and args.reps < 1:
+        p.error(f"--reps must be >= 1, got {args.reps}")
     use_host_devices(args.host_devices)
-    config = bench.get_config(args.quick)
+    extra = {flag.lstrip("-").replace("-", "_") for flag in options}
+    config = bench.get_config(args.quick, **{k: getattr(args, k) for k in extra})
     out: dict[str, Any] = {"benchmark": bench.NAME, "quick": args.quick, "config": asdict(config)}
-    path = args.out / f"{bench.NAME}.json"
+    path = (
+        args.out / f"{bench.json_name(config) if hasattr(bench, 'json_name') else bench.NAME}.json"
+    )
     load_at_start = _loadavg()
     try:
         result = bench.run(config, args.reps)
@@ -410,19 +325,19 @@ def bench_main(
         out.update(skipped=str(e), env=env_info())
         write_json(path, out)
         return out
-    env = dict(env_info() if env_of is None else env_of(result))
-    env["loadavg_at_start"] = load_at_start
+    env = {**(env_info() if env_of is None else env_of(result)), "loadavg_at_start": load_at_start}
     out.update(env=env, **result)
-    if hasattr(bench, "table"):
-        table = bench.table(result)
-    else:
-        table = format_table(result["rows"], bench.COLUMNS)
-    notes = bench.notes(config, result, env) if hasattr(bench, "notes") else bench.NOTES
-    notes = [*notes, f"targets: {result.get('targets')}"]
-    if "round_impl" in result:
-        from experiments.bench.rounds import describe
-
-        notes.insert(0, f"round: {describe(result['round_impl'])}")
-    print_report(bench.TITLE, config, env, table, notes)
-    print(f"wrote {write_json(path, out)}")
+    table = bench.table(result) if hasattr(bench, "table") else None
+    table = table or format_table(result["rows"], bench.COLUMNS)
+    notes = [*(bench.notes(config, result) if hasattr(bench, "notes") else ())]
+    print(f"== {bench.TITLE} ==")
+    print(
+        f"{env['date_utc']}  {env['cpu']}  nproc={env['nproc']}  {env['backend']} jax {env['jax']}"
+    )
+    print(f"load average (1, 5, 15 min): {env['loadavg']} at the end, {load_at_start} at the start")
+    print("config:", json.dumps(to_jsonable(config)))
+    print(table)
+    for note in [*notes, f"targets: {json.dumps(to_jsonable(result.get('targets')))}"]:
+        print("note:", note)
+    print(f"wrote {write_json(path, out)}", flush=True)
     return out

@@ -1,18 +1,14 @@
 """Benchmark 5: peak memory of a round as the number of clients grows (10 to 10,000).
 
-XLA plans every buffer of a jitted round when it compiles, so the compiled executable's
-``memory_analysis()`` gives the round's arguments, outputs and peak temporaries without running it
-(and without allocating the inputs: they are abstract shapes). A round must grow with the LoRA
-factors, the optimizer state and the client data, not with ``m x base weights``: the table reports
-the bytes each extra client costs (slope between the two largest m) next to those sizes. The
-contrast, ``merged``, is the same round whose forward pass goes through ``W0 + B A`` (what merging
-LoRA into the weights does once vmapped: one ``(d, k)`` matrix per client). ``donate_state`` is
-the simulator's round with ``make_simulation(..., donate_state=True)``: the state's buffers are
-donated, so XLA may write the next state over them (counted as aliased bytes); with
-``client_chunk`` it also trains the clients in groups (``make_simulation(client_chunk=...)``), so
-only one group's activations are live at a time.
-
-Run: ``python -m experiments.bench.memory [--quick] [--out DIR]``.
+XLA plans every buffer of a jitted round when it compiles, so the executable's
+``memory_analysis()`` gives the round's arguments, outputs and temporaries without running it; the
+inputs are abstract shapes (``jax.eval_shape`` of the round's ``init_state`` and ``prepare``), so
+nothing of size ``m`` is allocated. A round must grow with the LoRA factors, the optimizer state and
+the client data, not with ``m x base weights``: the table reports the bytes each extra client costs
+(slope between the two largest m) next to those sizes. Variants, all through the round's arguments:
+``jit_round(donate=True)`` (XLA may write the next state over the old one: aliased bytes), client
+groups (``client_groups``: one group's activations live at a time), and, as the contrast, a model
+whose forward goes through ``W0 + B A`` (:func:`merged_model`: one ``(d, k)`` matrix per client).
 """
 
 from __future__ import annotations
@@ -21,14 +17,13 @@ import dataclasses
 import sys
 import time
 from dataclasses import dataclass
-from functools import partial
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from abo_jax.data.client_data import ClientData
+import abo_jax
 from experiments.bench import common
-from experiments.bench import rounds as R
 from experiments.bench import workload as W
 
 NAME = "memory"
@@ -39,14 +34,8 @@ TITLE = "Round memory vs number of clients"
 class Config:
     clients: tuple[int, ...] = (10, 100, 1000, 10000)
     models: tuple[tuple[str, W.RoundSpec], ...] = (
-        (
-            "digits 64-200-200-10",
-            W.SMALL_CLIENTS,
-        ),
-        (
-            "paper 784-200-200-10",
-            dataclasses.replace(W.SMALL_CLIENTS, sizes=(784, 200, 200, 10)),
-        ),
+        ("digits 64-200-200-10", W.SMALL_CLIENTS),
+        ("paper 784-200-200-10", dataclasses.replace(W.SMALL_CLIENTS, sizes=(784, 200, 200, 10))),
     )
     merged_contrast: bool = True
     client_chunk: int | None = 100  # also the donating round in client groups of this many
@@ -64,124 +53,109 @@ def get_config(quick: bool = False) -> Config:
     return Config()
 
 
+def merged_model(spec: W.RoundSpec) -> abo_jax.Model:
+    """``workload.model_of(spec)`` with the forward through the merged ``W0 + B A`` (the contrast:
+    what merging LoRA into the weights costs once vmapped over clients)."""
+    base = W.model_of(spec)
+
+    def apply(frozen, trainable, x, scale):
+        h = x
+        for i, (name, w0) in enumerate(frozen.items()):
+            f = trainable.lora[name]
+            h = h @ (w0 + scale * (f.b @ f.a)).T + trainable.extra[name][None]
+            h = jax.nn.relu(h) if i < len(frozen) - 1 else h
+        return h
+
+    prepare = lambda frozen, x: jnp.reshape(x, (x.shape[0], -1))  # noqa: E731
+    return base._replace(apply=apply, prepare=prepare, caches=False)
+
+
 def sizes_per_client(spec: W.RoundSpec) -> dict[str, int]:
-    """Bytes of what one client owns, and of the shared base, for ``spec``."""
+    """Bytes of what one client owns, and of the shared base."""
     item = np.dtype(spec.dtype).itemsize
     lora = sum(r * (d + k) for (d, k), r in zip(spec.layer_shapes, spec.ranks, strict=True))
     bias = sum(d for d, _ in spec.layer_shapes)
-    # x float, y int32, mask bool, and the simulator's cached first-layer x @ W0_1.T
+    # x float, y int32, mask bool, and the round's cached first-layer x @ W0_1.T
     data = spec.samples * (spec.sizes[0] * item + 4 + 1 + spec.sizes[1] * item)
     return {
-        "trainable": (lora + bias) * item,  # LoRA factors + biases
-        "trainable_with_momentum": 2 * (lora + bias) * item,
         "data": data,
+        "trainable_with_momentum": 2 * (lora + bias) * item,
         "base_weights": sum(d * k for d, k in spec.layer_shapes) * item,
     }
 
 
-def abstract_sim_args(
-    spec: W.RoundSpec, seed: int, donate_state: bool = False, client_chunk: int | None = None
-):
-    """``(round, (state, data, inputs))`` of abo_jax's simulator for ``spec``, all abstract.
-
-    The state is initialized for 3 clients and its per-client leaves are re-shaped to ``m``, so
-    nothing of size ``m`` is ever allocated.
-    """
-    model, _, sim = R.sim_parts(spec, donate_state=donate_state, client_chunk=client_chunk)
-    m, m0 = spec.clients, 3
-    small = W.make_problem(dataclasses.replace(spec, clients=m0), seed)
-    state = sim.init(jax.random.key(seed), R.client_data(small))
-    shape = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype)
-    grow = lambda x: jax.ShapeDtypeStruct((m, *x.shape[1:]), x.dtype)
-    state = jax.tree.map(shape, state)._replace(
-        clients=jax.tree.map(grow, state.clients),
-        opt_state=jax.tree.map(grow, state.opt_state),
-        weights=grow(state.weights),
-        lora_scale=grow(state.lora_scale),
+def planned_memory(spec: W.RoundSpec, *, model=None, donate=False, client_chunk=None) -> dict:
+    """XLA's buffer plan of one round of ``spec`` for abstract inputs of ``spec.clients`` clients."""
+    model = W.model_of(spec) if model is None else model
+    groups = abo_jax.client_groups(client_chunk) if client_chunk else abo_jax.vmap_clients
+    rnd = abo_jax.federated_round(
+        model,
+        abo_jax.product_sum(),
+        optimizer=W.optimizer_of(spec),
+        local_epochs=spec.epochs,
+        batch_size=spec.batch,
+        map_clients=groups,
     )
-    n = spec.samples
-    data = ClientData(
-        x=jax.ShapeDtypeStruct((m, n, spec.sizes[0]), np.dtype(spec.dtype)),
-        y=jax.ShapeDtypeStruct((m, n), np.int32),
-        mask=jax.ShapeDtypeStruct((m, n), np.bool_),
-        sizes=jax.ShapeDtypeStruct((m,), np.int32),
+    m, n, dtype = spec.clients, spec.samples, np.dtype(spec.dtype)
+    sds = jax.ShapeDtypeStruct
+    data = abo_jax.ClientData(
+        x=sds((m, n, spec.sizes[0]), dtype),
+        y=sds((m, n), np.int32),
+        mask=sds((m, n), np.bool_),
+        sizes=sds((m,), np.int32),
     )
-    inputs = jax.eval_shape(jax.vmap(model.prepare, in_axes=(None, 0)), state.frozen, data.x)
-    return sim.round, (state, data, inputs)
-
-
-def analyse(round_fn, args) -> dict:
-    """Compiles the jitted ``round_fn`` for the abstract ``args`` and reads its memory plan."""
+    state = jax.eval_shape(
+        rnd.init_state, jax.random.key(0), data, sds((m,), dtype), {}, sds((m,), dtype)
+    )
+    inputs = jax.eval_shape(rnd.prepare, state, data)
+    apply = abo_jax.jit_round(rnd, donate=donate).apply
     t0 = time.perf_counter()
-    compiled = round_fn.lower(*args).compile()
-    compile_s = time.perf_counter() - t0
-    ma = compiled.memory_analysis()
+    ma = apply.lower(state, data, inputs).compile().memory_analysis()
     fields = {
         "argument_bytes": ma.argument_size_in_bytes,
         "output_bytes": ma.output_size_in_bytes,
         "temp_bytes": ma.temp_size_in_bytes,
         "alias_bytes": ma.alias_size_in_bytes,
-        "code_bytes": ma.generated_code_size_in_bytes,
+        "compile_s": time.perf_counter() - t0,
     }
     fields["peak_bytes"] = (
         fields["argument_bytes"] + fields["output_bytes"] + fields["temp_bytes"]
     ) - fields["alias_bytes"]
-    fields["compile_s"] = compile_s
     return fields
 
 
 def run(config: Config, reps: int | None = None) -> dict:
-    """Compiles the round for every model and m and reads its memory plan (``reps``: unused,
-    nothing is timed)."""
-    rows = []
-    summary = []
-    impl = None
+    """Compiles the round for every model, variant and m (``reps`` unused: nothing is timed)."""
+    del reps
+    rows, summary = [], []
     for model_name, base_spec in config.models:
-        variants = [("abo-jax round", False, False, None)]
-        if R.sim_available():
-            variants.append(("abo-jax round, donate_state", False, True, None))
-            if config.client_chunk:
-                name = f"abo-jax round, donate_state, client_chunk={config.client_chunk}"
-                variants.append((name, False, True, config.client_chunk))
-        if config.merged_contrast:  # the bench's round, merged
-            variants.append(("merged W0+BA (contrast)", True, False, None))
-        for variant, merged, donate, chunk in variants:
+        variants = {"abo-jax round": {}, "abo-jax round, donate_state": {"donate": True}}
+        if config.client_chunk:
+            name = f"abo-jax round, donate_state, client_chunk={config.client_chunk}"
+            variants[name] = {"donate": True, "client_chunk": config.client_chunk}
+        if config.merged_contrast:
+            variants["merged W0+BA (contrast)"] = {"model": merged_model(base_spec)}
+        for variant, kwargs in variants.items():
             per_m = []
             for m in config.clients:
-                spec = dataclasses.replace(base_spec, clients=m)
-                print(f"  memory: {model_name}, {variant}, m={m} ...", file=sys.stderr, flush=True)
-                if merged or not R.sim_available():
-                    fn = jax.jit(partial(W.vmapped_round, spec, merged=merged))
-                    args = (jax.eval_shape(partial(W.make_problem, spec, config.seed)),)
-                    impl = impl if merged else "bench"
-                else:
-                    fn, args = abstract_sim_args(spec, config.seed, donate, chunk)
-                    impl = "sim"
-                fields = analyse(fn, args)
-                row = {"model": model_name, "variant": variant, "m": m, **fields}
-                rows.append(row)
-                per_m.append(row)
+                print(f"  memory: {model_name}, {variant}, m={m}", file=sys.stderr, flush=True)
+                fields = planned_memory(dataclasses.replace(base_spec, clients=m), **kwargs)
+                per_m.append({"model": model_name, "variant": variant, "m": m, **fields})
+            rows += per_m
             per = sizes_per_client(base_spec)
             lo, hi = per_m[-2], per_m[-1]
             slope = (hi["peak_bytes"] - lo["peak_bytes"]) / (hi["m"] - lo["m"])
-            temp_slope = (hi["temp_bytes"] - lo["temp_bytes"]) / (hi["m"] - lo["m"])
             summary.append(
                 {
                     "model": model_name,
                     "variant": variant,
                     "bytes_per_client": slope,
-                    "temp_bytes_per_client": temp_slope,
                     **{f"{k}_bytes": v for k, v in per.items()},
                     "per_client_over_base": slope / per["base_weights"],
-                    "per_client_over_data_plus_trainable": slope
-                    / (per["data"] + per["trainable_with_momentum"]),
                 }
             )
-    ok = [s for s in summary if s["variant"].startswith("abo-jax round")]
-    targets = {
-        "grows_with_factors_and_data_not_base": all(s["per_client_over_base"] < 1 for s in ok)
-    }
-    return {"rows": rows, "summary": summary, "targets": targets, "round_impl": impl}
+    ok = [s["per_client_over_base"] < 1 for s in summary if s["variant"].startswith("abo-jax")]
+    return {"rows": rows, "summary": summary, "targets": {"grows_with_factors_not_base": all(ok)}}
 
 
 ROW_COLUMNS = [
@@ -204,18 +178,14 @@ SUMMARY_COLUMNS = [
 
 
 def table(result: dict) -> str:
-    return (
-        common.format_table(result["rows"], ROW_COLUMNS)
-        + "\n\n"
-        + common.format_table(result["summary"], SUMMARY_COLUMNS)
-    )
+    rows = common.format_table(result["rows"], ROW_COLUMNS)
+    return rows + "\n\n" + common.format_table(result["summary"], SUMMARY_COLUMNS)
 
 
-def notes(config: Config, result: dict, env: dict) -> list[str]:
+def notes(config: Config, result: dict) -> list[str]:
     return [
-        "peak = arguments + outputs + temporaries - aliased, from the compiled executable's"
-        " memory_analysis() (XLA's buffer assignment; nothing is allocated).",
-        "B/client: slope of peak between the two largest m.",
+        "peak = arguments + outputs + temporaries - aliased (memory_analysis(): XLA's buffer plan);"
+        " B/client: slope of the peak between the two largest m."
     ]
 
 
@@ -224,4 +194,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

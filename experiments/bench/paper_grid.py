@@ -22,8 +22,6 @@ Run: ``python -m experiments.bench.paper_grid [--quick] [--out DIR]``.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -84,7 +82,7 @@ def get_config(quick: bool = False) -> Config:
     return Config()
 
 
-def worker(spec: dict, out_path: Path) -> None:
+def worker(spec: dict) -> dict:
     """In the subprocess: runs one cell through ``experiments.paper``, records the split.
 
     ``spec``: ``{"config": PaperConfig fields, "eval_reps": timed evaluations}``.
@@ -168,7 +166,7 @@ def worker(spec: dict, out_path: Path) -> None:
         "eval_s_per_round": eval_round,
         "train_s_per_round": max(0.0, per_round - eval_round),
     }
-    out_path.write_text(json.dumps(out))
+    return out
 
 
 def _spec(config: Config, variant: str, op: str, delta: float, e: int, out: Path) -> dict:
@@ -187,23 +185,11 @@ def _spec(config: Config, variant: str, op: str, delta: float, e: int, out: Path
 
 
 def _run_worker(spec: dict, timeout_s: float) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "cell.json"
-        code = (
-            "import json, sys; from pathlib import Path; from experiments.bench.paper_grid import "
-            "worker; worker(json.loads(sys.argv[1]), Path(sys.argv[2]))"
-        )
-        env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
-        proc = subprocess.run(
-            [sys.executable, "-c", code, json.dumps(spec), str(out)],
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-            env=env,
-        )
-        if proc.returncode != 0:
-            raise RuntimeError(f"worker failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-        return json.loads(out.read_text())
+    code = "import json, sys; from experiments.bench.paper_grid import worker; "
+    code += "print(json.dumps(worker(json.loads(sys.argv[1]))))"
+    return common.run_python(
+        code, json.dumps(spec), env={"OPENBLAS_NUM_THREADS": "1"}, timeout_s=timeout_s
+    )
 
 
 def grid_rounds(epochs: int, base_rounds: int = 300) -> int:
@@ -297,8 +283,7 @@ COLUMNS = [
 ]
 
 
-def notes(config: Config, result: dict, env: dict) -> list[str]:
-    del env
+def notes(config: Config, result: dict) -> list[str]:
     return [
         f"sub-grid: {config.dataset}, {','.join(config.operators)} x delta {config.deltas} x E "
         f"{config.epochs}, rounds x {config.rounds_scale}; extrapolated to 2 x 7 x 5 cells, 300/E "

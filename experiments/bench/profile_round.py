@@ -53,7 +53,6 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from experiments.bench import common
-from experiments.bench import rounds as R
 from experiments.bench import workload as W
 
 NAME = "profile_round"
@@ -246,23 +245,9 @@ def profile_ops(thunk, calls: int) -> dict[str, tuple[float, float]]:
     return {name: (seconds[name], count[name]) for name in seconds}
 
 
-def _round(spec: W.RoundSpec, problem: W.Problem, devices: int, client_chunk, seed: int):
-    """``(thunk, compiled, impl)``: the round under test, or the simulator's round sharded over the
-    first ``devices`` devices in client groups of ``client_chunk``."""
-    if devices == 1:
-        h = R.make_harness(spec, problem, seed=seed)
-        thunk, compiled, _ = common.compiled_thunk(h.vmapped, *h.vmapped_args)
-        return thunk, compiled, h.impl
-    *_, sim, state, data, inputs = R.sim_setup(
-        spec, problem, mesh=common.host_mesh(devices), seed=seed, client_chunk=client_chunk
-    )
-    thunk, compiled, _ = common.compiled_thunk(sim.round, state, data, inputs)
-    return thunk, compiled, "sim"
-
-
 def run(config: Config, reps: int | None = None) -> dict:
     reps = config.reps if reps is None else reps
-    harnesses, ops, profiles = {}, {}, {}
+    specs, ops, profiles = {}, {}, {}
     thunks = {}
     cases = []
     for (label, spec), chunk in zip(config.workloads, config.mesh_client_chunk, strict=True):
@@ -272,9 +257,9 @@ def run(config: Config, reps: int | None = None) -> dict:
             groups = f", groups of {chunk}" if chunk else ""
             cases.append((f"{label}, {devices} devices{groups}", spec, devices, chunk))
     for label, spec, devices, chunk in cases:
-        problem = W.make_problem(spec, config.seed)
-        thunks[label], compiled, impl = _round(spec, problem, devices, chunk, config.seed)
-        harnesses[label], ops[label] = (spec, impl), hlo_ops(compiled.as_text())
+        s = W.setup(spec, seed=config.seed, devices=devices, client_chunk=chunk)
+        thunks[label], compiled, _ = s.compiled()
+        specs[label], ops[label] = spec, hlo_ops(compiled.as_text())
         # Every device records its own events under the same op names: runs per device.
         profiles[label] = {
             name: (s / devices, n / devices)
@@ -289,7 +274,7 @@ def run(config: Config, reps: int | None = None) -> dict:
     t, mm = common.time_with_matmul(thunks, config.matmul_sizes, reps=reps)
     peak = mm["gflops"] * 1e9
     rows, summary = [], []
-    for label, (spec, impl) in harnesses.items():
+    for label, spec in specs.items():
         per_op = profiles[label]
         seen = {name: s for name, (s, _) in per_op.items() if name in ops[label]}
         runs = {name: n for name, (_, n) in per_op.items() if name in ops[label]}
@@ -322,7 +307,6 @@ def run(config: Config, reps: int | None = None) -> dict:
         summary.append(
             {
                 "workload": label,
-                "round_impl": impl,
                 "round_s": round_s,
                 "profiled_op_s": profiled,
                 "dot_share": dot_share,
@@ -375,7 +359,7 @@ def table(result: dict) -> str:
     )
 
 
-def notes(config: Config, result: dict, env: dict) -> list[str]:
+def notes(config: Config, result: dict) -> list[str]:
     return [
         f"matmul reference: {result['matmul']['gflops']:.1f} GFLOP/s"
         f" (best of {config.matmul_sizes}); {config.profiled_calls} profiled calls per workload.",
@@ -389,4 +373,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

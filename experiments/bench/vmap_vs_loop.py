@@ -1,37 +1,26 @@
-"""Benchmark 2: one vmapped, jitted round vs per-client loops of jitted code.
+"""Benchmark 2: one vmapped, jitted round against per-client loops of jitted code.
 
-Many small clients (20 samples each, batch 10, one local epoch, the digits-sized LoRA MLP
-64-200-200-10). Variants, all computing the same maths:
-
-* ``vmapped``: the whole round (every client's local update + PS aggregation) is one jitted call;
-* ``(a) loop/update``: one jitted local update per client, called in a Python loop, then the jitted
-  aggregation;
-* ``(b) loop/step``: one jitted SGD step per minibatch per client with host-side batching (the way
-  per-client-loop JAX frameworks simulate), then the jitted aggregation;
-* ``sim.rounds``: several vmapped rounds in one jitted ``lax.scan`` (time per round): what a run of
-  many rounds can use; the targets are judged on the single round.
-
-The simulator's round runs in up to three configurations per ``m`` (rows of the table), each checked
-against the plain one: one device with all clients at once; one device in client groups of
-``client_chunk`` (``make_simulation(client_chunk=...)``: a group's activations stay in cache);
-and, with ``--host-devices N`` (N JAX CPU devices, so the cores run devices' work side by side),
-sharded over as many devices as divide ``m``, in groups of ``mesh_client_chunk`` per device. In a
-process with several CPU devices JAX runs one-device work somewhat slower (the loops included), so
-compare the loops of a one-device run with the sharded round as well (RESULTS.md does).
-
-Also times square matmuls (best of 512, 1024, 2048) in the same run for the FLOP/s reference.
-Run: ``python -m experiments.bench.vmap_vs_loop [--quick] [--out DIR] [--host-devices N]``.
-Targets (issue 7), CPU, ``m = 1000``: >= 5x vs (a), >= 10x vs (b), vmapped FLOP/s >= half of matmul.
+Many small clients (20 samples, batch 10, one local epoch, the digits-sized LoRA MLP 64-200-200-10).
+Against the round (``workload.setup``), the baselines of ``workload.loops``: (a) the round's own
+``client_update`` jitted once and called client by client, (b) one jitted SGD step per minibatch
+per client with host-side batching; each then the jitted server step. Rows per ``m``: the round on
+one device with all clients at once, in client groups of ``client_chunk`` (``client_groups``), and
+with ``--host-devices N`` on a mesh of as many devices as divide ``m``, in groups of
+``mesh_client_chunk`` per device; each checked against the plain round, (a) checked against the
+round with in-order batches (no dependence on key derivation); ``scan_rounds`` timed per round.
+In a process with several CPU devices JAX runs one-device work slower, the loops included.
+Targets (issue 7), CPU, ``m = 1000``: >= 5x vs (a), >= 10x vs (b), FLOP/s >= half of matmul.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
 from dataclasses import dataclass
 
+import abo_jax
 from experiments.bench import common
-from experiments.bench import rounds as R
 from experiments.bench import workload as W
 
 NAME = "vmap_vs_loop"
@@ -42,20 +31,19 @@ TITLE = "vmap vs per-client loops"
 class Config:
     clients: tuple[int, ...] = (10, 100, 1000)
     spec: W.RoundSpec = W.SMALL_CLIENTS  # m set per row
-    matmul_sizes: tuple[int, ...] = (512, 1024, 2048)  # reference: the best of these
+    matmul_sizes: tuple[int, ...] = (512, 1024, 2048)
     reps: int = 5
-    scanned_rounds: int = 5  # also time sim.rounds (this many rounds in one call), per round
-    client_chunk: int | None = 125  # also time the round in client groups of this many
+    scanned_rounds: int = 5  # also time scan_rounds (this many rounds per call), per round
+    client_chunk: int | None = 125  # also the round in client groups of this many
     mesh_client_chunk: int | None = 25  # with --host-devices: groups of this many per device
     seed: int = 0
 
 
 def get_config(quick: bool = False) -> Config:
     if quick:
-        spec = W.TINY
         return Config(
             clients=(4,),
-            spec=spec,
+            spec=W.TINY,
             matmul_sizes=(128,),
             reps=2,
             scanned_rounds=2,
@@ -65,63 +53,54 @@ def get_config(quick: bool = False) -> Config:
     return Config()
 
 
-def variants(
-    config: Config, spec: W.RoundSpec, problem: W.Problem, h: R.Harness, vmapped, compile_s: float
-):
-    """The round configurations timed at this ``m``, as :class:`~experiments.bench.rounds.Variant`.
+def check_loop_a(spec: W.RoundSpec, data, seed: int) -> float:
+    """``max |loop (a) - round|`` of the global model, both with in-order batches."""
+    in_order = functools.partial(abo_jax.client_update, batches_fn=W.in_order_batches)
+    s = W.setup(spec, data, seed=seed, client_update=in_order)
+    loop_update, _, _ = W.loops(spec, s, seed=seed)
+    return common.max_abs_diff(loop_update(), s.global_model(s.compiled()[0]()[0]))
 
-    Always the harness's round (``vmapped``, compiled in ``compile_s`` seconds: one device, all clients
-    at once); with the simulator also the round in client groups of ``config.client_chunk`` and,
-    when JAX has several devices (``--host-devices``), sharded over as many as divide ``m`` in
-    groups of ``config.mesh_client_chunk`` per device.
-    """
-    m = spec.clients
-    out = [R.plain_variant(h, vmapped, compile_s)]
-    if h.impl != "sim":
-        return out
-    wanted = []
+
+def variants(config: Config, m: int) -> dict[str, dict]:
+    """The round's configurations at ``m``: ``{row name: workload.setup arguments}``."""
+    out = {"1 device, all clients at once": {}}
     if config.client_chunk and config.client_chunk < m:
-        wanted.append((1, config.client_chunk))
+        out[f"1 device, groups of {config.client_chunk}"] = {"client_chunk": config.client_chunk}
     devices = common.mesh_devices(m)
     if devices > 1:
         chunk = config.mesh_client_chunk
-        wanted.append((devices, chunk if chunk and chunk < m // devices else None))
-    reference = h.global_of(vmapped())
-    for devices, chunk in wanted:
-        out.append(
-            R.sim_variant(
-                spec, problem, reference, devices=devices, client_chunk=chunk, seed=config.seed
-            )
-        )
+        chunk = chunk if chunk and chunk < m // devices else None
+        groups = f"groups of {chunk}" if chunk else "all clients at once"
+        out[f"{devices} devices, {groups}"] = {"devices": devices, "client_chunk": chunk}
     return out
 
 
 def run(config: Config, reps: int | None = None) -> dict:
-    reps = config.reps if reps is None else reps
     rows = []
-    impl = None
     for m in config.clients:
         spec = dataclasses.replace(config.spec, clients=m)
-        problem = W.make_problem(spec, config.seed)
-        h = R.make_harness(spec, problem, seed=config.seed)
-        impl = h.impl
-        vmapped, _, vm_c = common.compiled_thunk(h.vmapped, *h.vmapped_args)
-        found = variants(config, spec, problem, h, vmapped, vm_c)
-        thunks = {"loop_update": h.loop_update, "loop_step": h.loop_step}
-        compile_s = {}
-        for v in found:
-            thunks[v.name], compile_s[v.name] = v.thunk, v.compile_s
-            if v.scanned is not None and config.scanned_rounds:
-                key = f"{v.name} (sim.rounds)"
-                thunks[key], compile_s[key] = v.scanned(config.scanned_rounds)
-        a_check = h.check()
+        data = W.make_data(spec, config.seed)
+        setups = {
+            n: W.setup(spec, data, seed=config.seed, **kw) for n, kw in variants(config, m).items()
+        }
+        plain = next(iter(setups.values()))
+        loop_update, loop_step, _ = W.loops(spec, plain, seed=config.seed)
+        thunks = {"loop_update": loop_update, "loop_step": loop_step}
+        diffs, reference = {}, None
+        for name, s in setups.items():
+            thunks[name], compiled, _ = s.compiled()
+            ours = s.global_model(compiled(s.state, s.data, s.inputs)[0])
+            reference = ours if reference is None else reference
+            diffs[name] = common.max_abs_diff(ours, reference)
+            if config.scanned_rounds:
+                thunks[f"{name} (scan_rounds)"] = s.scanned(config.scanned_rounds)[0]
+        a_check = check_loop_a(spec, data, config.seed)
         print(f"  vmap_vs_loop: m={m} ...", file=sys.stderr, flush=True)
-        t, mm = common.time_with_matmul(thunks, config.matmul_sizes, reps=reps)
-        peak = mm["gflops"] * 1e9
-        flops = W.round_flops(spec)
+        t, mm = common.time_with_matmul(thunks, config.matmul_sizes, reps=reps or config.reps)
+        peak, flops = mm["gflops"] * 1e9, W.round_flops(spec)
         ta, tb = t["loop_update"].median_s, t["loop_step"].median_s
-        for v in found:
-            name, tv = v.name, t[v.name].median_s
+        for name in setups:
+            tv = t[name].median_s
             row = {
                 "m": m,
                 "variant": name,
@@ -131,35 +110,26 @@ def run(config: Config, reps: int | None = None) -> dict:
                 "speedup_a": ta / tv,
                 "speedup_b": tb / tv,
                 "matmul_gflops": peak / 1e9,
-                "matmul": mm,
-                "vmapped_gflops_naive": flops["naive"] / tv / 1e9,
-                "vmapped_gflops_unavoidable": flops["unavoidable"] / tv / 1e9,
-                "frac_matmul_naive": flops["naive"] / tv / peak,
                 "frac_matmul_unavoidable": flops["unavoidable"] / tv / peak,
-                "flops": flops,
-                "compile_s": compile_s,
-                "times_s": common.times_of(t),
+                "frac_matmul_naive": flops["naive"] / tv / peak,
+                "times_s": {k: v.times_s for k, v in t.items()},
                 "a_vs_vmapped_max_abs": a_check,
-                "variant_vs_plain_max_abs": v.max_abs_diff,
+                "variant_vs_plain_max_abs": diffs[name],
             }
-            key = f"{name} (sim.rounds)"
-            if key in t:  # R rounds in one sim.rounds call: time per round
-                ts = t[key].median_s / config.scanned_rounds
+            if f"{name} (scan_rounds)" in t:
+                ts = t[f"{name} (scan_rounds)"].median_s / config.scanned_rounds
                 row.update(scanned_s=ts, speedup_a_scanned=ta / ts, speedup_b_scanned=tb / ts)
             rows.append(row)
-    targets = None
-    if config.clients[-1] == 1000:
-        targets = {
-            row["variant"]: {
-                "ge_5x_vs_a": row["speedup_a"] >= 5,
-                "ge_10x_vs_b": row["speedup_b"] >= 10,
-                "ge_half_matmul_naive": row["frac_matmul_naive"] >= 0.5,
-                "ge_half_matmul_unavoidable": row["frac_matmul_unavoidable"] >= 0.5,
-            }
-            for row in rows
-            if row["m"] == 1000
+    targets = {
+        row["variant"]: {
+            "ge_5x_vs_a": row["speedup_a"] >= 5,
+            "ge_10x_vs_b": row["speedup_b"] >= 10,
+            "ge_half_matmul_unavoidable": row["frac_matmul_unavoidable"] >= 0.5,
         }
-    return {"rows": rows, "targets": targets, "round_impl": impl}
+        for row in rows
+        if row["m"] == 1000
+    }
+    return {"rows": rows, "targets": targets or None}
 
 
 COLUMNS = [
@@ -170,22 +140,11 @@ COLUMNS = [
     ("loop_step_s", "(b) loop/step [s]", ".3g"),
     ("speedup_a", "vs (a)", ".1f"),
     ("speedup_b", "vs (b)", ".1f"),
-    ("scanned_s", "sim.rounds [s/round]", ".3g"),
+    ("scanned_s", "scanned [s/round]", ".3g"),
     ("speedup_a_scanned", "vs (a), scanned", ".1f"),
     ("speedup_b_scanned", "vs (b), scanned", ".1f"),
-    ("vmapped_gflops_unavoidable", "GFLOP/s unavoid.", ".1f"),
-    ("matmul_gflops", "matmul GFLOP/s", ".1f"),
-    ("frac_matmul_naive", "naive/matmul", ".2f"),
     ("frac_matmul_unavoidable", "unavoid./matmul", ".2f"),
 ]
-
-
-NOTES = (
-    "loops (a)/(b) run the same one-client maths and the same cached inputs; (a) is checked"
-    " to give the vmapped round's result (a_vs_vmapped_max_abs in the JSON); (b) batches on"
-    " the host with numpy, as per-client-loop frameworks do.",
-    "naive FLOPs recompute x @ W0_1.T every step; unavoidable FLOPs cache it (DESIGN.md).",
-)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -193,4 +152,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()
