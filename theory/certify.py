@@ -782,7 +782,14 @@ def _condition(abo, condition, *, deltas, restarts, steps, examples, seed, scale
     worst, witness = _ascent_sweep(
         abo, condition, deltas, restarts=restarts, steps=steps, seed=seed, scale=scale
     )
-    two_sided = _two_sided(abo, condition, witness, scale)
+    try:
+        two_sided = _two_sided(abo, condition, witness, scale)
+    except (
+        ValueError,
+        FloatingPointError,
+        np.linalg.LinAlgError,
+    ):  # linearization impossible there
+        two_sided = None
     ev = growth_verdict("R_w" if condition == "weak" else "R_B+R_A", deltas, worst)
     if counterexample is not None:
         status, constant = VIOLATED, float("inf")

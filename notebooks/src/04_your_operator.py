@@ -223,12 +223,19 @@ print(report.table())
 #   product is $\delta$; any SVD split broadcasts $P = Q = \sqrt\delta$, so $R_B = (1 - \sqrt\delta)^2
 #   \approx 1$ however small $\delta$ is. Re-factorizing through an SVD moves the factors even when
 #   every client agrees — exactly SP's failure (identity 8 of notebook 01).
+# * Consistency (notebook 02, last section): holds. Both $\bar Z$ and $\bar B\bar A$ equal
+#   $B_0A_0 + \delta(\bar U A_0 + B_0\bar V) + O(\delta^2)$ at a consensus point, so their blend
+#   does too, and its rank-$r$ SVD stays within $O(\delta^2)$ of it (Eckart-Young against the rank-$r$
+#   product $(B_0 + \delta\bar U)(A_0 + \delta\bar V)$): the weak verdict speaks of the global
+#   objective. An operator that passes weak and strong but fails this line optimizes something else
+#   (the report then warns).
 #
 # For contrast, PS:
 
 # %%
 print(certify("product_sum").table())
 assert report.weak.status == "holds" and report.strong.status == "violated"
+assert report.consistency.status == "holds"
 
 # %% [markdown]
 # ## What to take away
