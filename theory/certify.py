@@ -1,7 +1,7 @@
 r"""``certify``: check an aggregation-broadcast operator against the theory without a training run.
 
 **Our formalization** of the conditions of Chen et al., arXiv:2508.01348 (DESIGN.md, "Convergence
-theory as code"). Two kinds of checks:
+theory as code"). Three kinds of checks:
 
 1. **Exact identities** 1-9 of DESIGN.md on random float64 inputs. Which apply is decided by what the
    operator returns on generic inputs: *global* (every client receives the same factors), *PS-like*
@@ -16,7 +16,20 @@ theory as code"). Two kinds of checks:
    (starts: the standard ``B_0 = 0`` and generic ones; a violation is an input whose ratio grows by
    ``x100`` when ``delta`` shrinks ``x100``, and Hypothesis shrinks it to a minimal counterexample)
    and by gradient ascent (``jax.grad``) over the perturbation directions at each ``delta`` of a
-   geometric sweep, decided by :func:`theory.conditions.growth_verdict`.
+   geometric sweep, decided by :func:`theory.conditions.growth_verdict`. Each constant is reported
+   from both sides: the search's worst ratio (a lower bound on the sup, re-computed in float64) and
+   the exact limit ``delta -> 0`` at the worst start found (the operator norm of the linearized
+   operator, :mod:`theory.consistency`), with the bounded-factor closed form where one applies.
+3. **First-order consistency** (:func:`check_consistency`): fixed point and the derivative of the
+   broadcast product against the weighted mean of the clients', exact by linearization at
+   consensus points. Weak or strong holding without it does not mean convergence to a stationary
+   point of ``F = sum_i p_i f_i``; the report's verdict lines say so.
+
+Before any search the operator is run on two small inputs and its output checked (a
+:class:`abo_jax.Broadcast` with the clients' tree, factors as one global copy or one per client):
+an operator returning ``None``, another structure or other shapes is rejected with a
+``ValueError`` naming the problem. Heterogeneous-rank factories are certified through
+:func:`with_client_ranks` (by name: ``hetlora``, ``rbla``, ``flexlora``).
 
 A ``base_delta`` counts in the product: the effective broadcast product is ``P Q + base_delta / s``.
 """
