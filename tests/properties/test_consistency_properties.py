@@ -4,6 +4,7 @@
   real operator's ratio at small ``delta``.
 * SP and PS are consistent at random consensus points, the standard ``B_0 = 0`` start included.
 * The defect of the client-0-only operator is its closed form ``((1 - p_0) / p_0)^{1/2}``.
+* The remainder constant of the rate bound: ``||Pi - Zbar|| <= delta^2 / 2`` for SP and PS.
 """
 
 import sys
@@ -113,3 +114,32 @@ def test_client_zero_defect_closed_form(point):
     pt = consistency_at(OPERATORS["client0"], b0, a0, w)
     assert pt.fixed_point and not pt.holds
     np.testing.assert_allclose(pt.defect, np.sqrt((1 - w[0]) / w[0]), rtol=1e-8)
+
+
+@FEW
+@given(consensus_points(), st.floats(1e-3, 1e-1), st.integers(0, 2**31))
+def test_remainder_of_sp_and_ps_at_most_half_delta_squared(point, delta, seed):
+    """The remainder constant of the rate bound: ``||Pi - Zbar|| <= K delta^2`` with ``K <= 1/2``
+    for unit drifts; PS's remainder is exactly the covariance ``-delta^2 sum_i p_i (U_i - Ubar)(V_i -
+    Vbar)`` and SP's is at most its norm (Eckart-Young against the rank-r product of the means)."""
+    b0, a0, w = point
+    rng = np.random.default_rng(seed)
+    u, v = rng.normal(size=(w.shape[0], *b0.shape)), rng.normal(size=(w.shape[0], *a0.shape))
+    norm = np.sqrt(np.dot(w, (u**2).sum((1, 2)) + (v**2).sum((1, 2))))
+    u, v = u / norm, v / norm
+    b, a = b0[None] + delta * u, a0[None] + delta * v
+    zbar = np.einsum("c,cdr,crk->dk", w, b, a)
+    ubar, vbar = np.einsum("c,cdr->dr", w, u), np.einsum("c,crk->rk", w, v)
+    cov = np.einsum("c,cdr,crk->dk", w, u - ubar, v - vbar)
+    clients = {"layer0": LoRAFactors(jnp.asarray(b), jnp.asarray(a))}
+    for name in ("ps", "sp"):
+        op = OPERATORS[name]
+        bc, _, _ = op.aggregate(clients, jnp.asarray(w), op.init(clients, key=jax.random.key(0)))
+        f = bc.factors["layer0"]
+        pq = np.asarray(f.b).reshape(-1, *b0.shape)[0] @ np.asarray(f.a).reshape(-1, *a0.shape)[0]
+        remainder = np.linalg.norm(pq - zbar)
+        scale = max(1.0, np.abs(zbar).max())
+        if name == "ps":
+            np.testing.assert_allclose(pq - zbar, -(delta**2) * cov, atol=1e-12 * scale)
+        assert remainder <= delta**2 * np.linalg.norm(cov) + 1e-12 * scale
+        assert remainder <= 0.5 * delta**2 + 1e-12 * scale
