@@ -302,7 +302,8 @@ def bench_main(argv: Sequence[str] | None, bench: Any, *, skip_on=(), env_of=Non
         "--host-devices",
         type=int,
         default=1,
-        help="JAX CPU devices for the process (jax_num_cpu_devices); rounds also run sharded",
+        help="JAX CPU devices for the process (jax_num_cpu_devices, set before JAX starts);"
+        " benchmarks of the round also run it on a mesh of them",
     )
     options = getattr(bench, "OPTIONS", {})
     for flag, kwargs in options.items():

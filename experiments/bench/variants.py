@@ -52,7 +52,13 @@ NAME = "variants"
 TITLE = "Variants of the round, side by side"
 SUITES = ("rounds", "shuffle", "svd", "optimizer", "products")
 OPTIONS = {
-    "--suite": {"choices": SUITES, "default": "rounds", "help": "which variants (module doc)"},
+    "--suite": {
+        "choices": SUITES,
+        "default": "rounds",
+        "help": "rounds: R rounds per call, four ways; shuffle: epoch orders; svd: the SP"
+        " operator's SVD; optimizer: local optimizers; products: LoRA product layouts"
+        " (default: rounds)",
+    },
     "--clients": {"type": int, "default": 10, "help": "m (default 10)"},
     "--samples": {"type": int, "default": 1280, "help": "examples per client (default 1280)"},
     "--small-clients": {
