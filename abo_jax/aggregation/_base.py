@@ -107,6 +107,11 @@ class Traits(NamedTuple):
     lora_scale: Any = None
     trainable: Callable[[Any], LoRAFactors] = _both_trained
 
+    @property
+    def one_start(self) -> bool:
+        """Every client starts the next round from the same broadcast (global, one rank)."""
+        return not self.personalized and self.client_ranks is None
+
 
 class ABO(NamedTuple):
     """An aggregation-broadcast operator: a pair of pure functions and its declared traits.

@@ -57,7 +57,7 @@ class SimState(NamedTuple):
     round: jax.Array  # () int32: rounds completed
     key: jax.Array  # () typed PRNG key, consumed by the next round
     frozen: Any  # frozen base parameters (no client axis)
-    clients: Trainable  # (m, ...) every client's starting point for the next round (the broadcast)
+    clients: Trainable  # the next round's start: one copy when abo.traits.one_start, else (m, ...)
     abo_state: Any  # the operator's state
     opt_state: Any  # (m, ...) per-client optimizer state, or None (fresh optimizer every round)
     weights: jax.Array  # (m,) float: base client weights p_i (sum 1)
@@ -338,18 +338,19 @@ def _make_init_state(spec: _Spec) -> Callable[..., SimState]:
         m = data.y.shape[0]
         k_model, k_abo, k_run = jax.random.split(key, 3)
         frozen, trainable = model.init(k_model)
-        clients = broadcast_to_clients(trainable, m)
+        per_client = broadcast_to_clients(trainable, m)
         if spec.client_ranks is not None:
-            clients = clients._replace(lora=_mask_client_ranks(clients.lora, spec.client_ranks))
+            lora = _mask_client_ranks(per_client.lora, spec.client_ranks)
+            per_client = per_client._replace(lora=lora)
         opt_state = None
         if not spec.reset_optimizer:
-            opt_state = jax.vmap(spec.build_optimizer(hparams).init)(clients)
+            opt_state = jax.vmap(spec.build_optimizer(hparams).init)(per_client)
         return SimState(
             round=jnp.zeros((), jnp.int32),
             key=k_run,
             frozen=frozen,
-            clients=clients,
-            abo_state=abo.init(clients, key=k_abo),
+            clients=trainable if abo.traits.one_start else per_client,
+            abo_state=abo.init(per_client, key=k_abo),
             opt_state=opt_state,
             weights=weights,
             lora_scale=lora_scale,
@@ -361,10 +362,15 @@ def _make_init_state(spec: _Spec) -> Callable[..., SimState]:
 
 def _check_declared_traits(spec: _Spec, init_state, *args) -> None:
     """What the operator does must be what it declares (checked on shapes, nothing computed)."""
-    state = jax.eval_shape(init_state, *args)
-    broadcast, _, _ = jax.eval_shape(
-        spec.abo.aggregate, state.clients, state.weights, state.abo_state
-    )
+
+    def aggregate_once(*args):
+        state = init_state(*args)
+        m = state.weights.shape[0]
+        clients = broadcast_to_clients(state.clients, m) if spec.abo.traits.one_start else None
+        clients = state.clients if clients is None else clients
+        return spec.abo.aggregate(clients, state.weights, state.abo_state)
+
+    broadcast, _, _ = jax.eval_shape(aggregate_once, *args)
     if jax.tree.leaves(broadcast.base_delta) and not spec.abo.traits.corrects_base:
         raise ValueError(
             "abo: the operator returns a base_delta but does not declare it; build it with "
@@ -405,7 +411,7 @@ def _train_round_clients(spec: _Spec, state: SimState, data: ClientData, inputs,
     )
     opt = spec.build_optimizer(state.hparams)
 
-    def train(trainable, client_inputs, labels, mask, key, scale, opt_state):
+    def train_from(trainable, client_inputs, labels, mask, key, scale, opt_state):
         return spec.update(
             spec.model,
             opt,
@@ -423,7 +429,16 @@ def _train_round_clients(spec: _Spec, state: SimState, data: ClientData, inputs,
             loss_fn=spec.loss_fn,
         )
 
-    per_client = (state.clients, inputs, data.y, data.mask, keys, state.lora_scale, state.opt_state)
+    per_client = (inputs, data.y, data.mask, keys, state.lora_scale, state.opt_state)
+    if spec.abo.traits.one_start:  # one start for everyone: shared by the vmap, not copied
+        starts = broadcast_to_clients(state.clients, m)
+
+        def train(*rest):
+            return train_from(state.clients, *rest)
+
+    else:
+        starts, train = state.clients, train_from
+        per_client = (state.clients, *per_client)
     count = spec.sampling.count if spec.train_only_sampled else None
     if count is None or count >= m:
         update = spec.map_clients(train, per_client)
@@ -442,7 +457,7 @@ def _train_round_clients(spec: _Spec, state: SimState, data: ClientData, inputs,
 
         losses = jnp.zeros((m,), update.train_loss.dtype).at[chosen].set(update.train_loss)
         update = update._replace(train_loss=losses)
-    trained = jax.tree.map(keep, update.trainable, state.clients)
+    trained = jax.tree.map(keep, update.trainable, starts)
     opt_state = None
     if not spec.reset_optimizer:
         opt_state = jax.tree.map(keep, update.opt_state, state.opt_state)
@@ -485,7 +500,9 @@ def _make_apply(spec: _Spec, prepare_clients: Callable) -> Callable:
             round=state.round + 1,
             key=k_next,
             frozen=model.fold(state.frozen, lora_broadcast.base_delta),
-            clients=broadcast.factors,
+            clients=jax.tree.map(lambda x: x[0], broadcast.factors)
+            if abo.traits.one_start
+            else broadcast.factors,
             abo_state=abo_state,
             opt_state=opt_state,
         )
@@ -601,7 +618,7 @@ def federated_round(
         check_init=_make_check_init(spec, init_state),
         apply=_make_apply(spec, prepare_clients),
         prepare=lambda state, data: prepare_clients(state.frozen, data.x) if fixed_cache else None,
-        evaluate=make_evaluate(model, personalized=personal),
+        evaluate=make_evaluate(model, personalized=personal, one_start=abo.traits.one_start),
         prepare_test=lambda state, x: model.prepare(state.frozen, x) if fixed_cache else None,
         shard=lambda tree, kind: tree,
         num_runs=None,

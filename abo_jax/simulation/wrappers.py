@@ -99,7 +99,7 @@ def _shard_runs(mesh: Mesh):
     return shard
 
 
-def _shard_clients(mesh: Mesh, run_axes: int):
+def _shard_clients(mesh: Mesh, run_axes: int, per_client: frozenset):
     size = mesh.shape[CLIENT_AXIS]
     replicated = NamedSharding(mesh, P())
 
@@ -120,7 +120,6 @@ def _shard_clients(mesh: Mesh, run_axes: int):
             return jax.tree.map(lambda x: split(x, run_axes), tree)
         if kind != "state":
             raise ValueError(f"shard: kind must be 'state', 'data' or 'inputs', got {kind!r}")
-        per_client = {"clients", "opt_state"}
         return tree._replace(
             **{
                 name: jax.tree.map(
@@ -157,6 +156,8 @@ def on_mesh(rnd: FederatedRound, mesh: Mesh) -> FederatedRound:
     run_axes = 0 if rnd.num_runs is None else 1
     keep_split = NamedSharding(mesh, P(*([None] * run_axes), CLIENT_AXIS))
     base_apply = rnd.apply
+    # One start shared by every client stays replicated; per-client starts are split.
+    per_client = frozenset({"opt_state"} if rnd.abo.traits.one_start else {"clients", "opt_state"})
 
     def apply(state, data, inputs=None):
         new_state, metrics = base_apply(state, data, inputs)
@@ -164,10 +165,10 @@ def on_mesh(rnd: FederatedRound, mesh: Mesh) -> FederatedRound:
             lambda x: jax.lax.with_sharding_constraint(x, keep_split), t
         )
         return new_state._replace(
-            clients=constrain(new_state.clients), opt_state=constrain(new_state.opt_state)
+            **{name: constrain(getattr(new_state, name)) for name in per_client}
         ), metrics
 
-    return rnd._replace(apply=apply, shard=_shard_clients(mesh, run_axes))
+    return rnd._replace(apply=apply, shard=_shard_clients(mesh, run_axes, per_client))
 
 
 def scan_rounds(rnd: FederatedRound, num_rounds: int) -> FederatedRound:
@@ -175,7 +176,7 @@ def scan_rounds(rnd: FederatedRound, num_rounds: int) -> FederatedRound:
 
     The state is carried in place; each metric is stacked with a leading round axis. The same
     numbers as applying ``rnd`` that many times. Measured on CPU
-    (``experiments/bench/experimental.py --suite rounds``): 1.1x (paper MLP, m = 10) to 1.26x
+    (``experiments/bench/variants.py --suite rounds``): 1.1x (paper MLP, m = 10) to 1.26x
     (digits MLP, m = 1000) faster per round than a loop of jitted rounds.
     """
     num_rounds = int(num_rounds)

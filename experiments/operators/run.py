@@ -211,7 +211,9 @@ def _run_cell(cell: dict, cfg: OperatorsConfig) -> dict:
     wall = time.perf_counter() - t0
     acc = 100.0 * np.asarray(hist["test_accuracy"])  # (S, T)
     # Server time: the jitted aggregate alone on the last broadcast plus a perturbation.
-    clients = state.clients.lora
+    clients = state.clients.lora  # one start shared by every client, or (m, ...) per client
+    if abo.traits.one_start:
+        clients = abo_jax.broadcast_to_clients(clients, cfg.num_clients)
     noisy = jax.tree.map(
         lambda x: x + 1e-3 * jax.random.normal(jax.random.key(1), x.shape, x.dtype), clients
     )

@@ -31,14 +31,16 @@ def test_product_sum_identical_clients_broadcast_equals_client_factors(rng, clie
     state, metrics = sim.round(state0, data)
     trained = metrics["clients"]
     for name, f in state.clients.lora.items():
+        # PS is global: the state holds the one start every client shares (no client axis).
+        assert f.b.shape == trained[name].b.shape[1:]
+        np.testing.assert_allclose(f.b, trained[name].b[0], rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(f.a, trained[name].a[0], rtol=1e-12, atol=1e-15)
         for i in range(4):
             # Full batches: every client takes the same steps (up to summation order).
-            np.testing.assert_allclose(f.b[i], trained[name].b[0], rtol=1e-12, atol=1e-15)
-            np.testing.assert_allclose(f.a[i], trained[name].a[0], rtol=1e-12, atol=1e-15)
             np.testing.assert_allclose(
                 trained[name].b[i], trained[name].b[0], rtol=1e-12, atol=1e-15
             )
-        assert not np.allclose(f.b[0], state0.clients.lora[name].b[0])  # training moved B off 0
+        assert not np.allclose(f.b, state0.clients.lora[name].b)  # training moved B off 0
 
 
 def _union_loss(params, frozen, model, data):
@@ -70,10 +72,10 @@ def test_one_full_batch_step_equals_centralized_sgd(rng, clients_fn, mode):
         state0 = state0._replace(clients=state0.clients._replace(lora=lora))
     np.testing.assert_allclose(state0.weights, np.array([7, 3, 5]) / 15, rtol=1e-15)
     state, _ = sim.round(state0, data)
-    start = jax.tree.map(lambda x: x[0], state0.clients)
+    start = state0.clients  # a global operator: one start shared by every client
     grads = jax.grad(_union_loss)(start, state0.frozen, model, data)
     expected = jax.tree.map(lambda p, g: p - lr * g, start, grads)
-    got = jax.tree.map(lambda x: x[0], state.clients)
+    got = state.clients
     jax.tree.map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-13), got, expected
     )
@@ -106,8 +108,9 @@ def test_uniform_sampling_weights_and_non_sampled_clients(rng, clients_fn):
         assert taking.sum() == 2 == int(metrics["participants"])
         np.testing.assert_allclose(w[taking], base[taking] / base[taking].sum(), rtol=1e-12)
         for name, f in metrics["clients"].items():  # what the ABO saw
-            np.testing.assert_array_equal(f.b[~taking], start.lora[name].b[~taking])
-            assert not np.allclose(f.b[taking], start.lora[name].b[taking])
+            shared = np.broadcast_to(start.lora[name].b, f.b.shape)  # the one start
+            np.testing.assert_array_equal(f.b[~taking], shared[~taking])
+            assert not np.allclose(f.b[taking], shared[taking])
         seen.update(np.flatnonzero(taking).tolist())
     assert len(seen) > 2  # different clients in different rounds
     # Training all five and discarding three gives the same numbers as training the two sampled.
