@@ -94,7 +94,7 @@ def rolora() -> ABO:
         def one_layer(f: LoRAFactors, _):
             m, d, r = f.b.shape
             k = f.a.shape[-1]
-            if is_concrete(state.round):
+            if is_concrete(train_a):  # under jit it is staged even for a concrete state
                 if bool(train_a):
                     check_frozen_equal(f.b, weights, "B (RoLoRA, odd round)")
                 else:

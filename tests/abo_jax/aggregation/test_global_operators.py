@@ -242,3 +242,14 @@ def test_fedavg_full_and_merged_helpers():
     np.testing.assert_allclose(gap, np.full((1, m), s * np.sqrt(diag["sp_tail"][0])), rtol=1e-8)
     with pytest.raises(ValueError, match="clients"):
         cached(aj.fedavg_full)(clients, jnp.asarray(p))
+
+
+def test_rolora_under_jit_with_a_state_closed_over():
+    # The state is concrete but the trained-factor flag derived from it is staged under jit: the
+    # concrete-only check of the frozen factor must not convert it to a Python bool.
+    clients = {"w": aj.LoRAFactors(jnp.ones((3, 4, 2)), jnp.ones((3, 2, 5)))}
+    abo = aj.rolora()
+    state = abo.init(clients)
+    jitted, _, _ = jax.jit(lambda c, w: abo.aggregate(c, w, state))(clients, jnp.full((3,), 1 / 3))
+    eager, _, _ = abo.aggregate(clients, jnp.full((3,), 1 / 3), state)
+    jax.tree.map(np.testing.assert_allclose, jitted.factors, eager.factors)
