@@ -30,6 +30,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+import jax.extend.core as jex_core
 import jax.numpy as jnp
 import numpy as np
 
@@ -118,12 +119,53 @@ def _structure(tree) -> str:
     return hashlib.sha256(f"{treedef}|{shapes}".encode()).hexdigest()
 
 
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]+")
+
+
+def _canonical(jaxpr: Any, out: list[str], consts: list[Any]) -> None:
+    """Appends a canonical text of ``jaxpr`` to ``out``: variables numbered in order of first use,
+    sub-jaxprs written out in place (the printer's names for shared sub-jaxprs depend on which
+    traces JAX's caches happened to share), object addresses removed."""
+    names: dict[Any, str] = {}
+
+    def var(x):
+        if isinstance(x, jex_core.Literal):
+            return f"{x.val!r}:{x.aval.str_short()}"
+        if x not in names:
+            names[x] = f"v{len(names)}:{x.aval.str_short()}"
+        return names[x]
+
+    def param(value):
+        if isinstance(value, jex_core.ClosedJaxpr):
+            consts.extend(value.consts)
+            sub: list[str] = []
+            _canonical(value.jaxpr, sub, consts)
+            return "{" + " ".join(sub) + "}"
+        if isinstance(value, jex_core.Jaxpr):
+            sub = []
+            _canonical(value, sub, consts)
+            return "{" + " ".join(sub) + "}"
+        if isinstance(value, (tuple, list)):
+            return "(" + ",".join(param(v) for v in value) + ")"
+        return _ADDRESS.sub("", repr(value))
+
+    out.append("in " + ",".join(var(x) for x in [*jaxpr.constvars, *jaxpr.invars]) + ";")
+    for eqn in jaxpr.eqns:
+        args = ",".join(var(x) for x in eqn.invars)
+        params = ";".join(f"{k}={param(eqn.params[k])}" for k in sorted(eqn.params))
+        outs = ",".join(var(x) for x in eqn.outvars)
+        out.append(f"{outs}={eqn.primitive.name}[{params}]({args});")
+    out.append("out " + ",".join(var(x) for x in jaxpr.outvars) + ";")
+
+
 def _program_hash(fn, *args) -> str:
-    """sha256 of ``fn``'s jaxpr text (object addresses removed) and of its captured constants."""
+    """sha256 of a canonical text of ``fn``'s jaxpr and of its captured constants."""
     closed = jax.make_jaxpr(fn)(*args)
-    text = re.sub(r"0x[0-9a-fA-F]+", "", str(closed))
-    h = hashlib.sha256(text.encode())
-    h.update(_hash_arrays(closed.consts).encode())
+    text: list[str] = []
+    consts = list(closed.consts)
+    _canonical(closed.jaxpr, text, consts)
+    h = hashlib.sha256("\n".join(text).encode())
+    h.update(_hash_arrays(consts).encode())
     return h.hexdigest()
 
 
