@@ -50,6 +50,7 @@ from hypothesis import strategies as st
 from hypothesis.errors import NoSuchExample, Unsatisfiable
 
 from abo_jax import ABO, EmptyState, LoRAFactors, broadcast_to_clients, lora_leaves
+from abo_jax.aggregation.registry import LORA_OPERATORS, RANKED_OPERATORS
 from theory import strategies
 from theory.conditions import BOUNDED, INSUFFICIENT, UNBOUNDED, GrowthEvidence, growth_verdict
 from theory.consistency import (
@@ -81,23 +82,8 @@ __all__ = [
 
 HOLDS, VIOLATED, NOT_APPLICABLE = "holds", "violated", "n/a"
 
-#: abo_jax factories certify knows by name (those present in this install are used).
-KNOWN_OPERATORS = (
-    "sum_product",
-    "product_sum",
-    "fedex",
-    "flora",
-    "ffa",
-    "rolora",
-    "fedsa",
-    "hetlora",
-    "rbla",
-    "flexlora",
-)
-
-#: factories of :data:`KNOWN_OPERATORS` that take ``client_ranks`` (certified at
-#: :func:`default_client_ranks` through :func:`with_client_ranks`)
-RANKED_OPERATORS = ("hetlora", "rbla", "flexlora")
+#: the operators certify knows by name: abo_jax's registry of LoRA operators
+KNOWN_OPERATORS = tuple(LORA_OPERATORS)
 
 IDENTITY_NAMES = {
     1: "R_w = R_w* + ||PQ - Zbar||^2",
@@ -220,9 +206,7 @@ def _freeze(b: np.ndarray, a: np.ndarray, trainable: tuple[bool, bool]):
 
 
 def _factory(name: str) -> Callable[[], ABO] | None:
-    import abo_jax
-
-    factory = getattr(abo_jax, name, None)
+    factory = LORA_OPERATORS.get(name)
     if factory is None or name not in RANKED_OPERATORS:
         return factory
     return lambda: with_client_ranks(factory)

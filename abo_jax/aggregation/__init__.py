@@ -39,6 +39,7 @@ from abo_jax.aggregation.ffa import FFAState, ffa
 from abo_jax.aggregation.flora import FLoRAState, flora
 from abo_jax.aggregation.heterogeneous import flexlora, hetlora, rbla
 from abo_jax.aggregation.product_sum import product_sum
+from abo_jax.aggregation.registry import LORA_OPERATORS, OPERATORS, RANKED_OPERATORS, make_operator
 from abo_jax.aggregation.rolora import RoLoRAState, rolora, rolora_trainable
 from abo_jax.aggregation.sum_product import (
     sp_svd,
@@ -68,6 +69,10 @@ __all__ = [
     "weighted_sum",
     "weights_diagnostics",
     "product_sum",
+    "OPERATORS",
+    "LORA_OPERATORS",
+    "RANKED_OPERATORS",
+    "make_operator",
     "sum_product",
     "sp_svd",
     "stacked_svd",

@@ -30,15 +30,13 @@ from experiments.common.io import atomic_write_csv, atomic_write_json, config_ha
 from experiments.common.plotting import curves_with_band, plt, save
 from experiments.common.progress import log
 from experiments.common.stats import mean_ci
-from theory.certify import KNOWN_OPERATORS
 from theory.functionals import round_metrics
 
 __all__ = ["OperatorsConfig", "get_config", "get_quick_config", "run_operators", "main"]
 
-HETERO = ("hetlora", "rbla", "flexlora")
-PERSONALIZED = ("fedsa",)
+HETERO = abo_jax.RANKED_OPERATORS
 #: every operator theory.certify knows by name, plus full-weight FedAvg as the dense reference
-ALL_OPERATORS = (*KNOWN_OPERATORS, "fedavg_full")
+ALL_OPERATORS = tuple(abo_jax.OPERATORS)
 MISMATCH = (
     "weak_mismatch",
     "strong_mismatch_b",
@@ -165,12 +163,7 @@ def _client_ranks(cfg: OperatorsConfig) -> np.ndarray:
 
 
 def _make_abo(name: str, cfg: OperatorsConfig):
-    factory = getattr(abo_jax, name, None)
-    if factory is None:
-        raise ValueError(f"operators: abo_jax has no operator {name!r}")
-    if name in HETERO:
-        return factory(_client_ranks(cfg))
-    return factory()
+    return abo_jax.make_operator(name, client_ranks=_client_ranks(cfg) if name in HETERO else None)
 
 
 def _run_cell(cell: dict, cfg: OperatorsConfig) -> dict:
@@ -188,9 +181,7 @@ def _run_cell(cell: dict, cfg: OperatorsConfig) -> dict:
         batch_size=cfg.batch_size,
         sampling=uniform_sampling(cfg.clients_per_round),
         metrics_fn=None if full else round_metrics,
-        client_ranks=_client_ranks(cfg) if name in HETERO else None,
-        eval_mode="personalized" if name in PERSONALIZED else "global",
-    )
+    )  # ranks, scales and personalization come from the operator's traits
     t0 = time.perf_counter()
     # Seeds in turn through one compiled round. (They once hung on a run axis; the cause was
     # jaxlib's CPU SVD kernel, now avoided by abo_jax.linalg.svd. On CPU a run axis costs the sum

@@ -77,7 +77,9 @@ def sp_ps_blend(lam: float) -> abo.ABO:
             zbar = jnp.einsum("c,cdr,crk->dk", w, f.b, f.a)  # sum of products
             mean = abo.weighted_sum(f, w)  # LoRAFactors(Bbar, Abar)
             target = lam * zbar + (1.0 - lam) * (mean.b @ mean.a)  # (d, k)
-            u, s, vt = jnp.linalg.svd(target, full_matrices=False)
+            # abo_jax's SVD: LAPACK on the host, NaNs for non-finite input (jnp.linalg.svd's CPU
+            # kernel can hang on an inf, and on a multi-device mesh).
+            u, s, vt = abo.linalg.svd(target)
             factors = abo.split_svd(u, s, vt, r, r)  # U_r S_r^1/2, S_r^1/2 V_r^T
             return abo.LayerResult(
                 factors=abo.broadcast_to_clients(factors, m),  # the same pair for every client
