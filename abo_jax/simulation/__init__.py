@@ -39,7 +39,12 @@ Design choices:
 Reference: Chen et al., arXiv:2508.01348.
 """
 
-from abo_jax.simulation.checkpoint import load_checkpoint, save_checkpoint
+from abo_jax.simulation.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    run_fingerprint,
+    save_checkpoint,
+)
 from abo_jax.simulation.client import (
     ClientUpdate,
     client_update,
@@ -56,7 +61,7 @@ from abo_jax.simulation.federated import (
     vmap_clients,
 )
 from abo_jax.simulation.round import Simulation, make_simulation
-from abo_jax.simulation.run import run
+from abo_jax.simulation.run import NonFiniteError, run
 from abo_jax.simulation.sampling import (
     ClientSampling,
     bernoulli_sampling,
@@ -93,4 +98,7 @@ __all__ = [
     "participation_weights",
     "save_checkpoint",
     "load_checkpoint",
+    "CheckpointError",
+    "NonFiniteError",
+    "run_fingerprint",
 ]

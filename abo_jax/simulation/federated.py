@@ -31,6 +31,7 @@ from abo_jax.data._shuffle import stable_partition
 from abo_jax.data.client_data import ClientData
 from abo_jax.lora import is_lora, mask_rank
 from abo_jax.models._base import Model, Trainable
+from abo_jax.simulation._checks import check_key, check_metrics
 from abo_jax.simulation.client import (
     client_update as one_client_update,
 )
@@ -395,8 +396,7 @@ def _make_check_init(spec: _Spec, init_state: Callable) -> Callable[..., tuple]:
         weights = _init_weights(data, weights, m, dtype)
         lora_scale = _init_scale(spec.abo, lora_scale, m, dtype)
         _check_model(spec.model, data)
-        if jnp.ndim(key) != 0:
-            raise ValueError("key: expected one PRNG key (one run; over_runs takes several)")
+        key = check_key(key)  # one typed key; None, a seed or a wrong shape named
         _check_declared_traits(spec, init_state, key, data, weights, hparams, lora_scale)
         return key, weights, hparams, lora_scale
 
@@ -491,11 +491,8 @@ def _make_apply(spec: _Spec, prepare_clients: Callable) -> Callable:
             **{f"abo/{name}": value for name, value in diag.items()},
         }
         if spec.metrics_fn is not None:
-            extra_metrics = spec.metrics_fn(trained.lora, weights, lora_broadcast)
-            clash = set(extra_metrics) & set(metrics)
-            if clash:
-                raise ValueError(f"metrics_fn: names {sorted(clash)} clash with built-in metrics")
-            metrics.update(extra_metrics)
+            extra = spec.metrics_fn(trained.lora, weights, lora_broadcast)
+            metrics.update(check_metrics(extra, reserved=metrics))
         new_state = state._replace(
             round=state.round + 1,
             key=k_next,

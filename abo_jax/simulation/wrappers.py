@@ -20,6 +20,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from abo_jax.simulation._checks import check_key
 from abo_jax.simulation.federated import FederatedRound
 
 __all__ = ["over_runs", "on_mesh", "jit_round", "scan_rounds", "CLIENT_AXIS", "RUN_AXIS"]
@@ -43,6 +44,7 @@ def over_runs(rnd: FederatedRound, num_runs: int) -> FederatedRound:
     base_check = rnd.check_init
 
     def check_init(key, data, weights, hparams, lora_scale):
+        key = check_key(key, num_runs)
         keys = key if jax.numpy.ndim(key) == 1 else jax.random.split(key, num_runs)
         if keys.shape != (num_runs,):
             raise ValueError(f"key: expected one key or ({num_runs},) keys, got {keys.shape}")

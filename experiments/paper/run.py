@@ -32,7 +32,12 @@ import numpy as np
 from abo_jax.aggregation import product_sum, sum_product
 from abo_jax.models.mlp import paper_mlp, paper_mlp_ranks
 from abo_jax.simulation import make_simulation, paper_sgd, run
-from abo_jax.simulation.checkpoint import load_checkpoint, run_fingerprint, save_checkpoint
+from abo_jax.simulation.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    run_fingerprint,
+    save_checkpoint,
+)
 from experiments.common import limit_blas_threads
 from experiments.common.config import parse_config
 from experiments.common.datasets import load_dataset, one_class_per_client, pad_clients
@@ -239,6 +244,10 @@ def train_in_chunks(
     if checkpoint_path is not None and os.path.exists(checkpoint_path):
         state, history, _ = load_checkpoint(checkpoint_path, state, fingerprint=fingerprint)
     done = sum(len(h["round"]) for h in history)
+    if done > rounds:
+        raise CheckpointError(
+            checkpoint_path, f"it holds {done} rounds, more than rounds={rounds} asks for"
+        )
     data = sim.shard(data, "data")
     state = sim.shard(state, "state")
     inputs = sim.shard(sim.prepare(state, data), "inputs")

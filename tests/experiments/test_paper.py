@@ -4,10 +4,12 @@ import csv
 import dataclasses
 import functools
 
+import jax
 import numpy as np
 import pytest
 
 import experiments.paper.run as paper
+from abo_jax.simulation.checkpoint import CheckpointError
 from experiments.common.grid import cell_path
 from experiments.common.io import read_json
 from experiments.common.plotting import is_valid_png
@@ -234,3 +236,17 @@ def test_bad_options_are_usage_errors_before_any_work(tmp_path, capsys):
         err = capsys.readouterr().err
         assert option in err and "Traceback" not in err
     assert not any(tmp_path.iterdir())  # nothing was started
+
+
+def test_chunked_training_refuses_fewer_rounds_than_its_checkpoint_holds(tmp_path):
+    cfg = get_quick_config()
+    cell = next(c for c in paper.make_cells(cfg) if c["op"] == "ps" and c["rounds"] == 3)
+    data, tx, ty, classes = paper._DataCache(cfg).get(cell["dataset"])
+    sim = paper.make_cell_simulation(cell, data.x.shape[-1], classes)
+    keys = jax.random.split(jax.random.key(0), cell["seeds"])
+    path = tmp_path / "cell.ckpt"
+    kw = dict(key=keys, chunk=2, checkpoint_path=path)
+    whole = paper.train_in_chunks(sim, data, (tx, ty), rounds=3, **kw)
+    assert whole["round"].tolist() == [1, 2, 3]
+    with pytest.raises(CheckpointError, match="holds 3 rounds, more than rounds=2"):
+        paper.train_in_chunks(sim, data, (tx, ty), rounds=2, **kw)

@@ -196,3 +196,20 @@ def test_a_personalized_operator_is_evaluated_per_client_by_default(rng, clients
         per_client,
     )
     assert float(per_client["loss"]) != float(global_["loss"])
+
+
+def test_init_and_metrics_are_checked_with_clear_messages(rng, clients_fn):
+    data = clients_fn(rng, [6, 4], FEAT, CLASSES)
+    rnd = aj.federated_round(_model(), aj.product_sum())
+    with pytest.raises(TypeError, match="key"):
+        rnd.init(None, data)
+    with pytest.raises(TypeError, match="key"):
+        aj.over_runs(rnd, 2).init(0, data)
+    bad = aj.federated_round(_model(), aj.product_sum(), metrics_fn=lambda c, w, b: None)
+    with pytest.raises(TypeError, match="metrics_fn"):
+        bad.apply(bad.init(jax.random.key(0), data), data)
+    clash = aj.federated_round(
+        _model(), aj.product_sum(), metrics_fn=lambda c, w, b: {"train_loss": jnp.zeros(())}
+    )
+    with pytest.raises(ValueError, match="clash"):
+        clash.apply(clash.init(jax.random.key(0), data), data)
