@@ -45,7 +45,12 @@ def _annotated(ax, grid, xs, ys, title, cmap, vmin=None, vmax=None, fmt="{:.1f}"
     for i in range(len(ys)):
         for j in range(len(xs)):
             if np.isfinite(grid[i, j]):
-                ax.text(j, i, fmt.format(grid[i, j]), ha="center", va="center", fontsize=8)
+                # Dark cells get white text, light ones black (luminance of the cell's colour).
+                r, g, b, _ = im.cmap(im.norm(grid[i, j]))
+                color = "white" if 0.299 * r + 0.587 * g + 0.114 * b < 0.5 else "black"
+                ax.text(
+                    j, i, fmt.format(grid[i, j]), ha="center", va="center", fontsize=8, color=color
+                )
     return im
 
 
