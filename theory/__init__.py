@@ -41,7 +41,7 @@ from theory.conditions import (
     sup_ratio,
     trajectory_conditions,
 )
-from theory.consistency import consistency_at, mean_operator_defect
+from theory.consistency import consistency_at, consistency_rate, mean_operator_defect
 from theory.functionals import *
 
 __all__ = [
@@ -66,6 +66,7 @@ __all__ = [
     "resolve_operator",
     "with_client_ranks",
     "consistency_at",
+    "consistency_rate",
     "mean_operator_defect",
     "bounds",
     "conditions",

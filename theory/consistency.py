@@ -114,6 +114,8 @@ __all__ = [
     "consistency_at",
     "mean_operator_defect",
     "validate_broadcast",
+    "ConsistencyRate",
+    "consistency_rate",
 ]
 
 #: relative first-order defect below which consistency holds (jvp / finite differences)
@@ -652,3 +654,81 @@ def limit_forms(
         dq = np.tensordot(y, lin.jac_q, 1) - va
         strong = float(np.dot(w, np.sum(dp**2, (1, 2)) + np.sum(dq**2, (1, 2))))
     return weak, strong
+
+
+@dataclasses.dataclass(frozen=True)
+class ConsistencyRate:
+    """The constants of the rate bound under weak + consistency (our derivation, module docstring).
+
+    ``(1/T) sum_t ||grad_{B,A} F(B_t, A_t)||^2 <= D / (eta T) + M eta`` for the global objective
+    ``F = sum_i p_i f_i``, with ``D = (F_0 - F_inf) / E`` and
+    ``M = (L (R + E^2 G^2 (C_A^2 + C_B^2)) + G (K E^2 G^2 + c_rho)) / E``.
+
+    Attributes:
+      d: ``D``.
+      m: ``M``.
+    """
+
+    d: float
+    m: float
+
+    def bound(self, eta: float, rounds: int) -> float:
+        """``D / (eta T) + M eta``."""
+        return self.d / (float(eta) * int(rounds)) + self.m * float(eta)
+
+    def best_eta(self, rounds: int) -> float:
+        """The step size minimizing the bound, ``(D / (M T))^{1/2}`` (bound ``2 (D M / T)^{1/2}``)."""
+        return float(np.sqrt(self.d / (self.m * int(rounds))))
+
+
+def consistency_rate(
+    *,
+    weak_constant: float,
+    remainder: float,
+    smoothness: float,
+    gradient_bound: float,
+    local_steps: int,
+    factor_bounds: tuple[float, float],
+    initial_gap: float,
+    local_remainder: float = 0.0,
+) -> ConsistencyRate:
+    """The rate constants ``D``, ``M`` of weak + consistency from a certificate's constants.
+
+    Args:
+      weak_constant: ``R``, the weak condition's constant (``certify``'s upper side, or the
+        bounded-factor bound ``C_A^2 + C_B^2`` for a consistent operator with equal ranks).
+      remainder: ``K`` with ``||Pi - Zbar|| <= K delta^2`` (``1/2`` for SP and PS on unit drifts;
+        ``tests/properties/test_consistency_properties.py``).
+      smoothness: ``L``, the smoothness of every ``f_i`` in the adapted weight.
+      gradient_bound: ``G >= ||grad f_i||`` along the run.
+      local_steps: ``E >= 1``, local gradient steps per round.
+      factor_bounds: ``(C_B, C_A)``, bounds on the factors' norms along the run.
+      initial_gap: ``F(B_0, A_0) - F_inf >= 0``.
+      local_remainder: ``c_rho``, the second-order constant of the clients' mean factor step
+        (``0`` for one local step of gradient descent on a quadratic; measure it otherwise).
+
+    Raises:
+      ValueError: a negative or non-finite constant, or ``local_steps < 1``, named.
+    """
+    values = {
+        "weak_constant": weak_constant,
+        "remainder": remainder,
+        "smoothness": smoothness,
+        "gradient_bound": gradient_bound,
+        "initial_gap": initial_gap,
+        "local_remainder": local_remainder,
+        "factor_bounds[0]": factor_bounds[0],
+        "factor_bounds[1]": factor_bounds[1],
+    }
+    for name, value in values.items():
+        if not (np.isfinite(value) and value >= 0):
+            raise ValueError(f"{name}: must be finite and >= 0, got {value!r}")
+    e = int(local_steps)
+    if e < 1:
+        raise ValueError(f"local_steps: must be >= 1, got {local_steps!r}")
+    c_b, c_a = (float(c) for c in factor_bounds)
+    g, drift = float(gradient_bound), e**2 * float(gradient_bound) ** 2
+    m_prime = smoothness * (weak_constant + drift * (c_a**2 + c_b**2)) + g * (
+        remainder * drift + local_remainder
+    )
+    return ConsistencyRate(d=float(initial_gap) / e, m=float(m_prime) / e)

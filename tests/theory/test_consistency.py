@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import wrong_operators as wo
 
+import theory
 from abo_jax import (
     Broadcast,
     EmptyState,
@@ -199,3 +200,34 @@ def test_two_sided_forms_agree_with_real_operator_at_small_delta():
         ratios.append(np.dot(P, ((pq[None] - prods) ** 2).sum((1, 2))) / delta**2)
     assert ratios[1] == pytest.approx(weak, rel=1e-4)
     assert abs(ratios[1] - weak) < abs(ratios[0] - weak) + 1e-12
+
+
+def test_consistency_rate_constants_follow_their_formula():
+    # D = gap / E; M = (L (R + E^2 G^2 (C_A^2 + C_B^2)) + G (K E^2 G^2 + c_rho)) / E.
+    rate = theory.consistency_rate(
+        weak_constant=2.0,
+        remainder=0.5,
+        smoothness=3.0,
+        gradient_bound=0.5,
+        local_steps=2,
+        factor_bounds=(1.0, 2.0),
+        initial_gap=4.0,
+        local_remainder=0.25,
+    )
+    drift = 2**2 * 0.5**2  # E^2 G^2 = 1
+    assert rate.d == pytest.approx(4.0 / 2)
+    assert rate.m == pytest.approx((3.0 * (2.0 + drift * 5.0) + 0.5 * (0.5 * drift + 0.25)) / 2)
+    t = 400
+    eta = rate.best_eta(t)
+    assert rate.bound(eta, t) == pytest.approx(2 * np.sqrt(rate.d * rate.m / t))
+    assert rate.bound(eta, t) < min(rate.bound(eta * 1.1, t), rate.bound(eta / 1.1, t))
+    with pytest.raises(ValueError, match="smoothness"):
+        theory.consistency_rate(
+            weak_constant=1.0, remainder=0.5, smoothness=-1.0, gradient_bound=1.0,
+            local_steps=1, factor_bounds=(1.0, 1.0), initial_gap=1.0,
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="local_steps"):
+        theory.consistency_rate(
+            weak_constant=1.0, remainder=0.5, smoothness=1.0, gradient_bound=1.0,
+            local_steps=0, factor_bounds=(1.0, 1.0), initial_gap=1.0,
+        )  # fmt: skip
