@@ -49,8 +49,10 @@ from hypothesis import HealthCheck, Phase, find, settings
 from hypothesis import strategies as st
 from hypothesis.errors import NoSuchExample, Unsatisfiable
 
-from abo_jax import ABO, EmptyState, LoRAFactors, broadcast_to_clients, lora_leaves
+from abo_jax import ABO, LoRAFactors
+from abo_jax.aggregation import EmptyState, broadcast_to_clients
 from abo_jax.aggregation.registry import LORA_OPERATORS, RANKED_OPERATORS
+from abo_jax.lora import lora_leaves
 from theory import strategies
 from theory.conditions import BOUNDED, INSUFFICIENT, UNBOUNDED, GrowthEvidence, growth_verdict
 from theory.consistency import (

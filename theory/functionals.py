@@ -40,8 +40,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from abo_jax import Broadcast, LoRAFactors, is_lora, lora_leaves, sp_svd
+from abo_jax import Broadcast, LoRAFactors, is_lora
+from abo_jax.aggregation import sp_svd
 from abo_jax.linalg import svd
+from abo_jax.lora import lora_leaves
 
 __all__ = [
     "PerLayer",
@@ -357,7 +359,7 @@ def sp_tail(clients: Any, weights: Any, rank: int | None = None) -> PerLayer:
     .. math::
         \mathrm{tail}_r = \sum_{j > r} s_j(\bar Z)^2 = \min_{\mathrm{rank}(X) \le r} \|\bar Z - X\|_F^2
 
-    (Eckart-Young), from the stacked factors when ``m r < min(d, k)`` (via :func:`abo_jax.sp_svd`).
+    (Eckart-Young), from the stacked factors when ``m r < min(d, k)`` (via :func:`abo_jax.aggregation.sp_svd`).
 
     Args:
       clients: pytree of :class:`~abo_jax.LoRAFactors`.

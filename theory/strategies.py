@@ -29,7 +29,8 @@ import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from abo_jax import LoRAFactors, mask_rank
+from abo_jax import LoRAFactors
+from abo_jax.lora import mask_rank
 
 __all__ = [
     "Shape",
@@ -214,7 +215,7 @@ def heterogeneous_client_sets(
     max_rank: int = 3,
     shape: st.SearchStrategy[Shape] | None = None,
 ) -> st.SearchStrategy[ClientSet]:
-    """Clients with their own ranks ``r_i <= r``, zero-padded to ``r`` by :func:`abo_jax.mask_rank`.
+    """Clients with their own ranks ``r_i <= r``, zero-padded to ``r`` by :func:`abo_jax.lora.mask_rank`.
 
     The ``ranks`` field holds each client's live rank (HetLoRA, RBLA, FlexLoRA layouts). ``shape``
     replaces the size limits as in :func:`client_sets`.

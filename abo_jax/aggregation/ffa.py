@@ -29,7 +29,7 @@ class FFAState(NamedTuple):
     """State of :func:`ffa` (none; it only says that ``A`` is frozen)."""
 
     def trainable_factors(self) -> LoRAFactors:
-        """``B`` trained, ``A`` frozen (see :func:`~abo_jax.trainable_factors`)."""
+        """``B`` trained, ``A`` frozen (see :func:`~abo_jax.aggregation.trainable_factors`)."""
         return LoRAFactors(b=jnp.array(True), a=jnp.array(False))
 
 
@@ -42,7 +42,7 @@ def ffa() -> ABO:
 
     Because every client shares ``A``, PS on ``B`` is exact in product (DESIGN.md identity 8). The
     clients must freeze ``A``: ``trainable_factors(state)`` returns ``b=True, a=False``; apply
-    :func:`~abo_jax.freeze_factors` to the optimizer updates. Concrete calls raise ``ValueError`` when
+    :func:`~abo_jax.aggregation.freeze_factors` to the optimizer updates. Concrete calls raise ``ValueError`` when
     participating clients hold different ``A``; inside jit, watch ``diagnostics["a_spread"]``.
 
     Returns:

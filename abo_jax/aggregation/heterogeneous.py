@@ -2,7 +2,7 @@
 
 Every client is padded to one rank ``r_max`` (the rank of the stacked factors); client ``i`` uses
 only its first ``r_i`` components (``client_ranks``, a factory argument, static), the rest are zero
-(:func:`~abo_jax.mask_rank`). Inputs are masked to each client's rank before aggregating and every
+(:func:`~abo_jax.lora.mask_rank`). Inputs are masked to each client's rank before aggregating and every
 broadcast is zero beyond each client's rank.
 
 Scale convention (all three operators): client ``i`` applies ``s_i = alpha / r_i`` (or ``s_i = 1``

@@ -46,7 +46,7 @@ def rolora_trainable(state: RoLoRAState) -> LoRAFactors:
 
     Returns:
       ``LoRAFactors(b=bool[], a=bool[])``: exactly one is True. Freeze the other with
-      :func:`~abo_jax.freeze_factors` applied to the optimizer updates.
+      :func:`~abo_jax.aggregation.freeze_factors` applied to the optimizer updates.
     """
     train_a = (state.round % 2) == 1
     return LoRAFactors(b=jnp.logical_not(train_a), a=train_a)

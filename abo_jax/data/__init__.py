@@ -22,7 +22,6 @@ from abo_jax.data._datasets import (
     stratified_split,
 )
 from abo_jax.data._idx import (
-    FASHION_MNIST_DEFAULT_DIR,
     MNIST_FAMILY,
     load_idx,
     load_mnist_family,
@@ -35,7 +34,6 @@ from abo_jax.data._partition import (
     iid,
     make_partition,
     one_class_per_client,
-    plot_partition,
     shards,
 )
 from abo_jax.data.client_data import ClientData
@@ -55,14 +53,12 @@ __all__ = [
     "load_mnist_family",
     "mnist_family_directory",
     "MNIST_FAMILY",
-    "FASHION_MNIST_DEFAULT_DIR",
     "Partition",
     "make_partition",
     "one_class_per_client",
     "shards",
     "dirichlet",
     "iid",
-    "plot_partition",
     "pad_clients",
     "client_weights",
     "epoch_batches",

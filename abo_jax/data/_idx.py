@@ -36,7 +36,6 @@ __all__ = [
     "load_mnist_family",
     "mnist_family_directory",
     "MNIST_FAMILY",
-    "FASHION_MNIST_DEFAULT_DIR",
 ]
 
 FASHION_MNIST_DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"

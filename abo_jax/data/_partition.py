@@ -30,7 +30,6 @@ __all__ = [
     "dirichlet",
     "iid",
     "make_partition",
-    "plot_partition",
 ]
 
 
@@ -327,40 +326,3 @@ def iid(labels: Any, *, num_clients: int, key: Any, num_classes: int | None = No
     return make_partition(
         np.array_split(perm, m), y, num_classes=num_classes, scheme=f"iid (m={m})"
     )
-
-
-def plot_partition(partition: Partition, ax: Any = None, *, class_names: Any = None) -> Any:
-    """Stacked bar chart of the class histogram: one bar per client, one colour per class.
-
-    Args:
-      partition: a :class:`Partition`.
-      ax: a matplotlib ``Axes``; ``None`` creates a new figure with ``pyplot``.
-      class_names: optional legend labels, one per class.
-
-    Returns:
-      The ``Axes``.
-    """
-    hist = np.asarray(partition.class_histogram)
-    m, num_classes = hist.shape
-    if class_names is not None and len(class_names) != num_classes:
-        raise ValueError(f"class_names has {len(class_names)} entries, expected {num_classes}")
-    if ax is None:
-        import matplotlib.pyplot as plt
-
-        _, ax = plt.subplots(figsize=(max(4.0, 0.4 * m + 2.0), 3.5))
-    import matplotlib as mpl
-
-    cmap = mpl.colormaps["tab10" if num_classes <= 10 else "tab20"]
-    clients = np.arange(m)
-    bottom = np.zeros(m)
-    for c in range(num_classes):
-        label = str(class_names[c]) if class_names is not None else str(c)
-        ax.bar(clients, hist[:, c], bottom=bottom, color=cmap(c % cmap.N), label=label, width=0.8)
-        bottom += hist[:, c]
-    ax.set_xlabel("client")
-    ax.set_ylabel("examples")
-    ax.set_title(partition.scheme)
-    if m <= 40:
-        ax.set_xticks(clients)
-    ax.legend(title="class", fontsize="small", ncols=1 + num_classes // 10, loc="best")
-    return ax

@@ -42,7 +42,7 @@ def flax_lora_model(
     """Wraps a (pre-trained) flax model as a LoRA :class:`Model` for the simulator.
 
     The frozen tree is ``params``; the trainable tree holds LoRA factors for the weights chosen by
-    ``spec`` (from :func:`abo_jax.lora_spec`) and the leaves chosen by ``train_extra`` (biases by
+    ``spec`` (from :func:`abo_jax.lora.lora_spec`) and the leaves chosen by ``train_extra`` (biases by
     default), which the server averages. The forward pass merges ``W0 + s B A`` into a copy of
     each adapted kernel (``merge_lora_tree``) and calls ``apply_fn``; gradients reach only ``B``,
     ``A`` and the extras. (The paper's MLP, :func:`paper_mlp`, never merges; a generic flax module

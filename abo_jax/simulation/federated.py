@@ -549,8 +549,8 @@ def federated_round(
         :func:`~abo_jax.client_update` (the default): swap the local update here.
       local_epochs: local epochs ``E`` per round.
       batch_size: rows per local step.
-      sampling: :func:`~abo_jax.full_participation` (default), :func:`~abo_jax.uniform_sampling`,
-        :func:`~abo_jax.bernoulli_sampling`.
+      sampling: :func:`~abo_jax.simulation.full_participation` (default), :func:`~abo_jax.uniform_sampling`,
+        :func:`~abo_jax.simulation.bernoulli_sampling`.
       trainable_mask: which LoRA factors train: ``"auto"`` (default: ``abo.traits.trainable``),
         ``None`` (all), a static tree like ``trainable.lora`` with scalar leaves, or
         ``fn(abo_state, round) -> tree`` evaluated inside the round. A single

@@ -87,7 +87,9 @@ def sizes_per_client(spec: W.RoundSpec) -> dict[str, int]:
 def planned_memory(spec: W.RoundSpec, *, model=None, donate=False, client_chunk=None) -> dict:
     """XLA's buffer plan of one round of ``spec`` for abstract inputs of ``spec.clients`` clients."""
     model = W.model_of(spec) if model is None else model
-    groups = abo_jax.client_groups(client_chunk) if client_chunk else abo_jax.vmap_clients
+    groups = (
+        abo_jax.client_groups(client_chunk) if client_chunk else abo_jax.simulation.vmap_clients
+    )
     rnd = abo_jax.federated_round(
         model,
         abo_jax.product_sum(),

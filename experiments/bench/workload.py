@@ -142,7 +142,11 @@ def setup(
     model = model_of(spec) if model is None else model
     optimizer = optimizer_of(spec) if optimizer is None else optimizer
     mesh = host_mesh(devices)
-    groups = abo_jax.client_groups(client_chunk, mesh) if client_chunk else abo_jax.vmap_clients
+    groups = (
+        abo_jax.client_groups(client_chunk, mesh)
+        if client_chunk
+        else abo_jax.simulation.vmap_clients
+    )
     rnd = abo_jax.federated_round(
         model,
         abo_jax.product_sum() if abo is None else abo,
@@ -218,7 +222,7 @@ def loops(spec: RoundSpec, s: Setup, *, seed: int = 0):
     def sgd_step(params, opt_state, batch_inputs, labels, valid):
         def objective(p):
             logits = s.model.apply(frozen, p, batch_inputs, scale)
-            return abo_jax.masked_cross_entropy(logits, labels, valid)
+            return abo_jax.simulation.masked_cross_entropy(logits, labels, valid)
 
         loss, grads = jax.value_and_grad(objective)(params)
         updates, opt_state = s.optimizer.update(grads, opt_state, params)

@@ -24,7 +24,9 @@ __all__ = [
 DATASETS = ("digits", "fashion_mnist", "mnist", "kmnist", "qmnist")
 
 
-def load_dataset(name: str, data_dir: str | None = None, normalization: str = "none") -> aj.Dataset:
+def load_dataset(
+    name: str, data_dir: str | None = None, normalization: str = "none"
+) -> aj.data.Dataset:
     """``abo_jax.load_dataset(name, directory=data_dir, flatten=True, normalization=...)`` with a
     checked name (``normalization``: ``"none"``, ``"paper"`` or ``"standardize"``)."""
     if name not in DATASETS:
@@ -37,7 +39,7 @@ def dataset_available(name: str, data_dir: str | None = None) -> bool:
     if name == "digits":
         return True
     try:
-        aj.mnist_family_directory(name, data_dir)
+        aj.data.mnist_family_directory(name, data_dir)
     except FileNotFoundError:
         return False
     return True
@@ -59,7 +61,7 @@ def pad_clients(
     x: np.ndarray, y: np.ndarray, parts: list[np.ndarray], *, multiple: int = 1
 ) -> ClientData:
     """:func:`abo_jax.pad_clients` over index lists, ``n_max`` rounded up to ``multiple``."""
-    partition = aj.make_partition(parts, y)
+    partition = aj.data.make_partition(parts, y)
     sizes = np.asarray(partition.sizes)
     if np.any(sizes == 0):
         raise ValueError(f"parts: every client needs at least one example, got sizes {sizes}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -113,3 +114,36 @@ def curves_with_band(ax, x, samples, label, *, level=0.95, log=False, color=None
     if log:
         ax.set_yscale("log")
     return line
+
+
+def plot_partition(partition: Any, ax: Any = None, *, class_names: Any = None) -> Any:
+    """Stacked bar chart of the class histogram: one bar per client, one colour per class.
+
+    Args:
+      partition: an ``abo_jax.data.Partition``.
+      ax: a matplotlib ``Axes``; ``None`` creates a new figure with ``pyplot``.
+      class_names: optional legend labels, one per class.
+
+    Returns:
+      The ``Axes``.
+    """
+    hist = np.asarray(partition.class_histogram)
+    m, num_classes = hist.shape
+    if class_names is not None and len(class_names) != num_classes:
+        raise ValueError(f"class_names has {len(class_names)} entries, expected {num_classes}")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(max(4.0, 0.4 * m + 2.0), 3.5))
+    cmap = matplotlib.colormaps["tab10" if num_classes <= 10 else "tab20"]
+    clients = np.arange(m)
+    bottom = np.zeros(m)
+    for c in range(num_classes):
+        label = str(class_names[c]) if class_names is not None else str(c)
+        ax.bar(clients, hist[:, c], bottom=bottom, color=cmap(c % cmap.N), label=label, width=0.8)
+        bottom += hist[:, c]
+    ax.set_xlabel("client")
+    ax.set_ylabel("examples")
+    ax.set_title(partition.scheme)
+    if m <= 40:
+        ax.set_xticks(clients)
+    ax.legend(title="class", fontsize="small", ncols=1 + num_classes // 10, loc="best")
+    return ax

@@ -34,7 +34,7 @@ from theory.functionals import round_metrics
 
 __all__ = ["OperatorsConfig", "get_config", "get_quick_config", "run_operators", "main"]
 
-HETERO = abo_jax.RANKED_OPERATORS
+HETERO = abo_jax.aggregation.RANKED_OPERATORS
 #: every operator theory.certify knows by name, plus full-weight FedAvg as the dense reference
 ALL_OPERATORS = tuple(abo_jax.OPERATORS)
 MISMATCH = (
@@ -204,7 +204,7 @@ def _run_cell(cell: dict, cfg: OperatorsConfig) -> dict:
     # Server time: the jitted aggregate alone on the last broadcast plus a perturbation.
     clients = state.clients.lora  # one start shared by every client, or (m, ...) per client
     if abo.traits.one_start:
-        clients = abo_jax.broadcast_to_clients(clients, cfg.num_clients)
+        clients = abo_jax.aggregation.broadcast_to_clients(clients, cfg.num_clients)
     noisy = jax.tree.map(
         lambda x: x + 1e-3 * jax.random.normal(jax.random.key(1), x.shape, x.dtype), clients
     )

@@ -149,7 +149,7 @@ def _sweep_cell(cell, cfg):
     from theory.problems import run_federated
 
     limit_blas_threads(1)
-    problem, abo = _problem(cfg), getattr(abo_jax, cell["op"])()
+    problem, abo = _problem(cfg), abo_jax.make_operator(cell["op"])
     records = {}
     for eta in cell["etas"]:
         run = run_federated(
@@ -190,7 +190,7 @@ def _rate_cell(cell, cfg):
     from theory.problems import run_federated
 
     limit_blas_threads(1)
-    problem, abo = _problem(cfg), getattr(abo_jax, cell["op"])()
+    problem, abo = _problem(cfg), abo_jax.make_operator(cell["op"])
     out = {"T": [], "eta": [], "measured": [], "bound_weak": [], "bound_strong": []}
     for T in cell["horizons"]:
         eta = cell["eta0"] / np.sqrt(T)

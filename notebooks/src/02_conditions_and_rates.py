@@ -418,12 +418,14 @@ def client_zero_only() -> abo.ABO:
 
     def core(clients, weights, state):
         def one(f):
-            return abo.broadcast_to_clients(abo.LoRAFactors(f.b[0], f.a[0]), f.b.shape[0])
+            return abo.aggregation.broadcast_to_clients(
+                abo.LoRAFactors(f.b[0], f.a[0]), f.b.shape[0]
+            )
 
         factors = jax.tree.map(one, clients, is_leaf=lambda x: isinstance(x, abo.LoRAFactors))
         return abo.Broadcast(factors, None), state, {}
 
-    return abo.make_abo(lambda clients=None, *, key=None: abo.EmptyState(), core)
+    return abo.make_abo(lambda clients=None, *, key=None: abo.aggregation.EmptyState(), core)
 
 
 report0 = certify(client_zero_only(), name="client_zero_only")

@@ -61,7 +61,7 @@ QUICK = os.environ.get("ABO_NOTEBOOK_QUICK") == "1"  # set by the test suite: fe
 # the adapted layers (a Python loop over layers, never over clients) and averages any dense leaves;
 # `make_abo` adds input validation and the standard diagnostics (`finite`, bytes up and down). The
 # dense $d \times k$ SVD is fine for the small layers here; for large layers write $T_\lambda$ as a
-# product of stacked factors and use `abo.svd_from_stacked`, as SP does.
+# product of stacked factors and use `abo.aggregation.svd_from_stacked`, as SP does.
 
 
 # %%
@@ -75,21 +75,23 @@ def sp_ps_blend(lam: float) -> abo.ABO:
             m, d, r = f.b.shape
             w = weights.astype(f.b.dtype)
             zbar = jnp.einsum("c,cdr,crk->dk", w, f.b, f.a)  # sum of products
-            mean = abo.weighted_sum(f, w)  # LoRAFactors(Bbar, Abar)
+            mean = abo.aggregation.weighted_sum(f, w)  # LoRAFactors(Bbar, Abar)
             target = lam * zbar + (1.0 - lam) * (mean.b @ mean.a)  # (d, k)
             # abo_jax's SVD: LAPACK on the host, NaNs for non-finite input (jnp.linalg.svd's CPU
             # kernel can hang on an inf, and on a multi-device mesh).
             u, s, vt = abo.linalg.svd(target)
-            factors = abo.split_svd(u, s, vt, r, r)  # U_r S_r^1/2, S_r^1/2 V_r^T
-            return abo.LayerResult(
-                factors=abo.broadcast_to_clients(factors, m),  # the same pair for every client
+            factors = abo.aggregation.split_svd(u, s, vt, r, r)  # U_r S_r^1/2, S_r^1/2 V_r^T
+            return abo.aggregation.LayerResult(
+                factors=abo.aggregation.broadcast_to_clients(
+                    factors, m
+                ),  # the same pair for every client
                 diag={"blend_tail": jnp.sum(s[r:] ** 2)},  # what the rank-r truncation dropped
             )
 
-        broadcast, diag = abo.aggregate_layers(clients, weights, one_layer)
+        broadcast, diag = abo.aggregation.aggregate_layers(clients, weights, one_layer)
         return broadcast, state, diag
 
-    return abo.make_abo(lambda clients=None, *, key=None: abo.EmptyState(), core)
+    return abo.make_abo(lambda clients=None, *, key=None: abo.aggregation.EmptyState(), core)
 
 
 # %% [markdown]

@@ -59,11 +59,11 @@ def test_apply_and_merge_closed_form():
 
 
 def test_lora_scale():
-    assert aj.lora_scale(16.0, 8) == 2.0
-    assert aj.lora_scale(16.0, 4, rslora=True) == 8.0
-    assert aj.lora_scale(3.0, 3) == 1.0  # the paper's scale 1 (alpha = r)
+    assert aj.lora.lora_scale(16.0, 8) == 2.0
+    assert aj.lora.lora_scale(16.0, 4, rslora=True) == 8.0
+    assert aj.lora.lora_scale(3.0, 3) == 1.0  # the paper's scale 1 (alpha = r)
     with pytest.raises(ValueError, match="rank"):
-        aj.lora_scale(1.0, 0)
+        aj.lora.lora_scale(1.0, 0)
 
 
 class _MLP(linen.Module):
@@ -85,21 +85,23 @@ def test_spec_init_merge_on_a_linen_mlp():
     def rank(path, leaf):
         return ranks.get(path[0].key)
 
-    spec = aj.lora_spec(params, rank, where=lambda path, leaf: path[-1].key == "kernel")
+    spec = aj.lora.lora_spec(params, rank, where=lambda path, leaf: path[-1].key == "kernel")
     assert spec["Dense_0"] == {"kernel": 2, "bias": None}
     assert spec["Dense_1"] == {"kernel": None, "bias": None}
-    lora = aj.init_lora_tree(jax.random.key(1), params, spec)  # kernels are (in, out): "in_out"
+    lora = aj.lora.init_lora_tree(
+        jax.random.key(1), params, spec
+    )  # kernels are (in, out): "in_out"
     assert lora["Dense_0"]["kernel"].b.shape == (6, 2) and lora["Dense_0"]["kernel"].a.shape == (
         2,
         8,
     )
     assert lora["Dense_1"]["kernel"] is None and lora["Dense_2"]["bias"] is None
     # B = 0 at init: merging changes nothing; with random B it adds s x A^T B^T per layer.
-    same = aj.merge_lora_tree(params, lora, 0.5)
+    same = aj.lora.merge_lora_tree(params, lora, 0.5)
     jax.tree.map(np.testing.assert_array_equal, same, params)
-    lora = aj.map_lora(lambda f: f._replace(b=jnp.asarray(rng.normal(size=f.b.shape))), lora)
+    lora = aj.lora.map_lora(lambda f: f._replace(b=jnp.asarray(rng.normal(size=f.b.shape))), lora)
     s = 0.5
-    merged = aj.merge_lora_tree(params, lora, s)
+    merged = aj.lora.merge_lora_tree(params, lora, s)
     got = model.apply({"params": merged}, x)
 
     def layer(h, name):
@@ -118,41 +120,41 @@ def test_spec_init_merge_on_a_linen_mlp():
     p0_merged = {"params": merged["Dense_0"]}
     extra = s * np.asarray(x) @ np.asarray(f0.a).T @ np.asarray(f0.b).T
     np.testing.assert_allclose(dense.apply(p0_merged, x), dense.apply(p0, x) + extra, rtol=1e-10)
-    assert len(aj.lora_leaves(lora)) == 2
+    assert len(aj.lora.lora_leaves(lora)) == 2
 
 
 def test_layout_and_delta_tree():
     rng = np.random.default_rng(2)
     params = {"w": jnp.asarray(rng.normal(size=(4, 3))), "b": jnp.zeros(3)}
     spec = {"w": 2, "b": None}
-    out_in = aj.init_lora_tree(jax.random.key(0), params, spec, kernel_layout="out_in")
+    out_in = aj.lora.init_lora_tree(jax.random.key(0), params, spec, kernel_layout="out_in")
     assert out_in["w"].shape == (4, 3)
-    in_out = aj.init_lora_tree(jax.random.key(0), params, spec)
+    in_out = aj.lora.init_lora_tree(jax.random.key(0), params, spec)
     assert in_out["w"].shape == (3, 4)
     with pytest.raises(ValueError, match="kernel_layout"):
-        aj.init_lora_tree(jax.random.key(0), params, spec, kernel_layout="rows")
+        aj.lora.init_lora_tree(jax.random.key(0), params, spec, kernel_layout="rows")
     delta = {"w": jnp.asarray(rng.normal(size=(3, 4))), "b": None}  # (d, k) for an (in, out) kernel
-    added = aj.add_delta_tree(params, delta)
+    added = aj.lora.add_delta_tree(params, delta)
     np.testing.assert_allclose(added["w"], params["w"] + delta["w"].T)
     np.testing.assert_array_equal(added["b"], params["b"])
-    assert aj.add_delta_tree(params, None) is params
+    assert aj.lora.add_delta_tree(params, None) is params
     with pytest.raises(ValueError, match="delta"):
-        aj.add_delta_tree(params, {"w": jnp.zeros((4, 3)), "b": None})
+        aj.lora.add_delta_tree(params, {"w": jnp.zeros((4, 3)), "b": None})
 
 
 def test_rank_mask_and_mask_rank():
     rng = np.random.default_rng(3)
     ranks = np.array([1, 3, 2])
-    mask = aj.rank_mask(jnp.asarray(ranks), 3)
+    mask = aj.lora.rank_mask(jnp.asarray(ranks), 3)
     np.testing.assert_array_equal(mask, np.arange(3)[None, :] < ranks[:, None])
     f = _factors(rng, 5, 4, 3, lead=(3,))
-    g = aj.mask_rank(f, jnp.asarray(ranks))
+    g = aj.lora.mask_rank(f, jnp.asarray(ranks))
     for i, r in enumerate(ranks):
         np.testing.assert_array_equal(g.b[i, :, :r], f.b[i, :, :r])
         np.testing.assert_array_equal(g.b[i, :, r:], 0.0)
         np.testing.assert_array_equal(g.a[i, :r], f.a[i, :r])
         np.testing.assert_array_equal(g.a[i, r:], 0.0)
-    single = aj.mask_rank(_factors(rng, 5, 4, 3), 2)  # unbatched factors, scalar rank
+    single = aj.lora.mask_rank(_factors(rng, 5, 4, 3), 2)  # unbatched factors, scalar rank
     np.testing.assert_array_equal(single.a[2], 0.0)
     assert np.all(single.a[:2] != 0)
 
@@ -164,21 +166,21 @@ def test_nnx_converters_round_trip_against_a_real_nnx_lora():
     base = nnx.Linear(k, d, param_dtype=F64, rngs=nnx.Rngs(0))
     module = nnx.LoRA(k, r, d, base_module=base, param_dtype=F64, rngs=nnx.Rngs(1))
     # nnx.LoRA applies no scale: fold s into b.
-    lora_a, lora_b = aj.to_nnx_lora(aj.LoRAFactors(b=s * f.b, a=f.a))
+    lora_a, lora_b = aj.lora.to_nnx_lora(aj.LoRAFactors(b=s * f.b, a=f.a))
     assert lora_a.shape == (k, r) and lora_b.shape == (r, d)
     module.lora_a[...] = lora_a
     module.lora_b[...] = lora_b
     x = jnp.asarray(rng.normal(size=(3, k)))
     expected = aj.apply_lora(x, base.kernel[...].T, f, s, base.bias[...])
     np.testing.assert_allclose(module(x), expected, rtol=1e-12)
-    back = aj.from_nnx_lora(module.lora_a[...], module.lora_b[...])
+    back = aj.lora.from_nnx_lora(module.lora_a[...], module.lora_b[...])
     np.testing.assert_allclose(back.b, s * f.b, rtol=1e-15)
     np.testing.assert_array_equal(back.a, f.a)
     # And from a module's own (random) init back to ours: the same function of x.
     fresh = nnx.LoRA(
         k, r, d, param_dtype=F64, b_initializer=nnx.initializers.normal(1.0), rngs=nnx.Rngs(2)
     )
-    ours = aj.from_nnx_lora(fresh.lora_a[...], fresh.lora_b[...])
+    ours = aj.lora.from_nnx_lora(fresh.lora_a[...], fresh.lora_b[...])
     np.testing.assert_allclose(fresh(x), aj.apply_lora(x, jnp.zeros((d, k)), ours), rtol=1e-12)
     with pytest.raises(ValueError, match="rank mismatch"):
-        aj.from_nnx_lora(jnp.zeros((k, 2)), jnp.zeros((3, d)))
+        aj.lora.from_nnx_lora(jnp.zeros((k, 2)), jnp.zeros((3, d)))

@@ -68,7 +68,7 @@ def big_state(i):
 
 def writes(path):
     for i in range(1, 10_000):
-        aj.save_checkpoint(path, big_state(i), history=[{"round": r} for r in range(1, i + 1)],
+        aj.simulation.save_checkpoint(path, big_state(i), history=[{"round": r} for r in range(1, i + 1)],
                            overwrite=True)  # fmt: skip
         print(i, flush=True)
 

@@ -131,3 +131,28 @@ def test_cli_overrides_a_frozen_config():
     assert cfg == _Toy(deltas=(0.5, 0.7), name="x", seeds=2, flag=False)
     quick = parse_config(_Toy, ["--quick"], quick_config=lambda: _Toy(name="q"))
     assert quick.name == "q"
+
+
+def test_plot_partition():
+    from matplotlib.figure import Figure
+
+    from abo_jax.data import dirichlet
+    from experiments.common.plotting import plot_partition
+
+    y = np.random.default_rng(0).integers(0, 10, size=600).astype(np.int32)
+    p = dirichlet(y, num_clients=6, alpha=0.3, key=0)
+    ax = Figure().subplots()
+    assert plot_partition(p, ax) is ax
+    heights = np.array([patch.get_height() for patch in ax.patches]).reshape(10, 6)
+    np.testing.assert_array_equal(heights.T, p.class_histogram)
+    assert ax.get_title() == p.scheme
+    with pytest.raises(ValueError, match="class_names"):
+        plot_partition(p, ax, class_names=["a"])
+    # without an Axes, a new pyplot figure is made
+    import matplotlib.pyplot as plt
+
+    ax = plot_partition(p, class_names=[f"c{c}" for c in range(10)])
+    try:
+        assert [t.get_text() for t in ax.get_legend().get_texts()] == [f"c{c}" for c in range(10)]
+    finally:
+        plt.close(ax.figure)

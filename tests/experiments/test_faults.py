@@ -159,7 +159,7 @@ def _kill_during(mode: str, path: Path, after: int, seed: int) -> None:
 def test_killed_mid_checkpoint_write_leaves_a_whole_checkpoint(tmp_path, seed):
     path = tmp_path / "c.ckpt"
     _kill_during("writes", path, 2, seed)
-    state, history, _ = aj.load_checkpoint(path, job.big_state(0))  # checksum verified
+    state, history, _ = aj.simulation.load_checkpoint(path, job.big_state(0))  # checksum verified
     i = int(state["w"][0])
     assert i >= 2 and (state["w"] == i).all() and len(history) == i
     np.testing.assert_array_equal(

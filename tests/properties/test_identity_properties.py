@@ -10,7 +10,8 @@ import numpy as np
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from abo_jax import LoRAFactors, product_sum, sum_product, trainable_factors
+from abo_jax import LoRAFactors, product_sum, sum_product
+from abo_jax.aggregation import trainable_factors
 from theory import functionals as fn
 from theory import strategies as abo_st
 from theory.certify import available_operators

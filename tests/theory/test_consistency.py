@@ -14,7 +14,6 @@ import wrong_operators as wo
 import theory
 from abo_jax import (
     Broadcast,
-    EmptyState,
     LoRAFactors,
     fedsa,
     ffa,
@@ -25,6 +24,7 @@ from abo_jax import (
     rolora,
     sum_product,
 )
+from abo_jax.aggregation import EmptyState
 from theory.certify import HOLDS, VIOLATED, certify, check_consistency, with_client_ranks
 from theory.consistency import (
     consistency_at,

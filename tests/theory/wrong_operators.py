@@ -11,7 +11,8 @@
 import jax
 import jax.numpy as jnp
 
-from abo_jax import Broadcast, EmptyState, LoRAFactors, broadcast_to_clients, make_abo
+from abo_jax import Broadcast, LoRAFactors, make_abo
+from abo_jax.aggregation import EmptyState, broadcast_to_clients
 
 
 def _stateless():

@@ -87,9 +87,9 @@ def test_fedex_square_layer_merged_through_a_flax_kernel():
     p = draw_weights(rng, m)
     kernel = rng.normal(size=(d, d))  # (k, d) flax layout
     bc, _, _ = jitted(aj.fedex(scale=s))(as_tree(b, a), jnp.asarray(p))
-    params = aj.add_delta_tree({"layer": jnp.asarray(kernel)}, bc.base_delta)
+    params = aj.lora.add_delta_tree({"layer": jnp.asarray(kernel)}, bc.base_delta)
     f0 = aj.LoRAFactors(bc.factors["layer"].b[0], bc.factors["layer"].a[0])
-    merged = aj.merge_lora_tree(params, {"layer": f0}, s)["layer"]
+    merged = aj.lora.merge_lora_tree(params, {"layer": f0}, s)["layer"]
     x = rng.normal(size=(4, d))
     np.testing.assert_allclose(
         x @ merged, x @ kernel + s * x @ zbar(b, a, p).T, rtol=1e-10, atol=1e-12
@@ -132,7 +132,7 @@ def test_ffa_keeps_shared_a_and_is_exact():
     np.testing.assert_allclose(f.b[0] @ f.a[0], zbar(b, a, p), rtol=1e-10, atol=1e-12)
     np.testing.assert_array_equal(diag["bytes_up"], (p > 0) * d * r * 8)
     np.testing.assert_array_equal(diag["a_spread"], [0.0])
-    t = aj.trainable_factors(state)
+    t = aj.aggregation.trainable_factors(state)
     assert bool(t.b) and not bool(t.a)
 
 
@@ -144,7 +144,9 @@ def test_rolora_alternates_and_is_exact():
     b, a = draw_clients(rng, m, d, k, r)
     a[:] = a[0]  # round 0 trains B, A shared
     state = abo.init(as_tree(b, a))
-    assert bool(aj.trainable_factors(state).b) and not bool(aj.trainable_factors(state).a)
+    assert bool(aj.aggregation.trainable_factors(state).b) and not bool(
+        aj.aggregation.trainable_factors(state).a
+    )
     bc, state, diag = abo.aggregate(as_tree(b, a), jnp.asarray(p), state)
     f = bc.factors["layer"]
     np.testing.assert_allclose(f.b[1], ps(b, a, p)[0], rtol=1e-12)
@@ -153,7 +155,7 @@ def test_rolora_alternates_and_is_exact():
     assert not bool(diag["trained_a"])
     np.testing.assert_array_equal(diag["bytes_up"], d * r * 8)
     # Round 1 trains A with B shared.
-    assert int(state.round) == 1 and bool(aj.rolora_trainable(state).a)
+    assert int(state.round) == 1 and bool(aj.aggregation.rolora_trainable(state).a)
     b2 = np.broadcast_to(np.asarray(f.b[0]), (m, d, r)).copy()
     a2 = rng.normal(size=(m, r, k))
     bc, state, diag = abo.aggregate(as_tree(b2, a2), jnp.asarray(p), state)
@@ -163,16 +165,18 @@ def test_rolora_alternates_and_is_exact():
     np.testing.assert_allclose(f.b[0] @ f.a[0], zbar(b2, a2, p), rtol=1e-10)
     assert bool(diag["trained_a"])
     np.testing.assert_array_equal(diag["bytes_up"], r * k * 8)
-    assert int(state.round) == 2 and bool(aj.rolora_trainable(state).b)
+    assert int(state.round) == 2 and bool(aj.aggregation.rolora_trainable(state).b)
 
 
 def test_freeze_factors_zeroes_the_frozen_factor():
     upd = {"l": aj.LoRAFactors(jnp.ones((2, 3, 1)), jnp.ones((2, 1, 4))), "bias": jnp.ones(3)}
-    out = aj.freeze_factors(upd, aj.rolora_trainable(aj.RoLoRAState(round=jnp.array(1))))
+    out = aj.aggregation.freeze_factors(
+        upd, aj.aggregation.rolora_trainable(aj.aggregation.RoLoRAState(round=jnp.array(1)))
+    )
     np.testing.assert_array_equal(out["l"].b, 0.0)
     np.testing.assert_array_equal(out["l"].a, 1.0)
     np.testing.assert_array_equal(out["bias"], 1.0)
-    both = aj.trainable_factors(aj.EmptyState())
+    both = aj.aggregation.trainable_factors(aj.aggregation.EmptyState())
     assert bool(both.a) and bool(both.b)
 
 
@@ -213,32 +217,32 @@ def test_fedavg_full_and_merged_helpers():
     np.testing.assert_array_equal(diag["bytes_up"], (p > 0) * 6 * 8)
     # FedAvg of the merged weights W0 + s B_i A_i is W0 + s Zbar.
     base = {"layer": jnp.asarray(w0)}
-    merged = aj.merge_clients(base, as_tree(b, a), s)
+    merged = aj.aggregation.merge_clients(base, as_tree(b, a), s)
     bc, _, _ = cached(aj.fedavg_full)(merged, jnp.asarray(p))
     np.testing.assert_allclose(bc.factors["layer"][0], w0 + s * zbar(b, a, p), rtol=1e-10)
     # The gap to FedAvg: 0 for FedEx-LoRA, s sqrt(tail) for SP.
     clients = as_tree(b, a)
-    gap = aj.fedavg_gap(
+    gap = aj.aggregation.fedavg_gap(
         base, clients, jnp.asarray(p), jitted(aj.fedex(scale=s))(clients, jnp.asarray(p))[0], s
     )
     np.testing.assert_allclose(gap, 0.0, atol=1e-10)
     flora = aj.flora(scale=s, init="gaussian")
     bc_fl, _, _ = jitted(flora)(clients, jnp.asarray(p), flora.init(None, key=jax.random.key(0)))
     np.testing.assert_allclose(
-        aj.fedavg_gap(base, clients, jnp.asarray(p), bc_fl, s), 0.0, atol=1e-10
+        aj.aggregation.fedavg_gap(base, clients, jnp.asarray(p), bc_fl, s), 0.0, atol=1e-10
     )
     shared = as_tree(b, np.broadcast_to(a[1], a.shape))
-    bc_ffa, _, _ = jitted(aj.ffa())(shared, jnp.asarray(p), aj.FFAState())
+    bc_ffa, _, _ = jitted(aj.ffa())(shared, jnp.asarray(p), aj.aggregation.FFAState())
     np.testing.assert_allclose(
-        aj.fedavg_gap(base, shared, jnp.asarray(p), bc_ffa, s), 0.0, atol=1e-10
+        aj.aggregation.fedavg_gap(base, shared, jnp.asarray(p), bc_ffa, s), 0.0, atol=1e-10
     )
     # ... while PS misses FedAvg by its aggregation error (so the gap can be nonzero).
     bc_ps, _, _ = cached(aj.product_sum)(clients, jnp.asarray(p))
     bbar, abar = ps(b, a, p)
-    gap = aj.fedavg_gap(base, clients, jnp.asarray(p), bc_ps, s)
+    gap = aj.aggregation.fedavg_gap(base, clients, jnp.asarray(p), bc_ps, s)
     np.testing.assert_allclose(gap[0], s * np.linalg.norm(bbar @ abar - zbar(b, a, p)), rtol=1e-9)
     bc_sp, _, diag = cached(aj.sum_product, rank=1)(clients, jnp.asarray(p))
-    gap = aj.fedavg_gap(base, clients, jnp.asarray(p), bc_sp, s)
+    gap = aj.aggregation.fedavg_gap(base, clients, jnp.asarray(p), bc_sp, s)
     np.testing.assert_allclose(gap, np.full((1, m), s * np.sqrt(diag["sp_tail"][0])), rtol=1e-8)
     with pytest.raises(ValueError, match="clients"):
         cached(aj.fedavg_full)(clients, jnp.asarray(p))

@@ -159,7 +159,7 @@ def test_half_precision_works_on_every_operator_and_agrees_with_float64(name, pa
 def test_weights_diagnostics_tell_the_truth_under_jit(weights, valid):
     clients = _clients(6, 5)
     w = jnp.asarray(weights)
-    _, _, diag = jax.jit(aj.product_sum().aggregate)(clients, w, aj.EmptyState())
+    _, _, diag = jax.jit(aj.product_sum().aggregate)(clients, w, aj.aggregation.EmptyState())
     assert bool(diag["weights_valid"]) is valid
     np.testing.assert_allclose(diag["weights_sum"], np.sum(weights), rtol=1e-12)
     if not valid:  # concrete: an error naming the weights

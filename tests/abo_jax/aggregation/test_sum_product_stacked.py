@@ -46,7 +46,7 @@ def test_stacked_path_matches_dense_svd_and_never_forms_dk(m, r, zero):
     expected, _ = svd_truncate(zbar(b, a, p), r)
     np.testing.assert_allclose(f.b[0] @ f.a[0], expected, rtol=1e-10, atol=1e-12)
     # The stacked SVD's singular values are Zbar's.
-    _, s, _ = aj.stacked_svd(jnp.asarray(b), jnp.asarray(a), jnp.asarray(p))
+    _, s, _ = aj.aggregation.stacked_svd(jnp.asarray(b), jnp.asarray(a), jnp.asarray(p))
     s_dense = np.linalg.svd(zbar(b, a, p), compute_uv=False)[: m * r]
     np.testing.assert_allclose(s, s_dense, rtol=1e-10, atol=1e-12 * s_dense[0])
     assert not _has_dense(_sp, jnp.asarray(b), jnp.asarray(a), jnp.asarray(p))

@@ -111,7 +111,7 @@ def test_frozen_factor_must_be_shared():
     with pytest.raises(ValueError, match="clients.*A .RoLoRA"):
         aj.rolora().aggregate(tree, W, aj.rolora().init(tree))
     # Round 1 of RoLoRA freezes B instead.
-    state = aj.RoLoRAState(round=jnp.array(1, jnp.int32))
+    state = aj.aggregation.RoLoRAState(round=jnp.array(1, jnp.int32))
     with pytest.raises(ValueError, match="clients.*B .RoLoRA"):
         aj.rolora().aggregate(tree, W, state)
     # A client of weight 0 may hold anything: it is not checked and not used.

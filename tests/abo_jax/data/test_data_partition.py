@@ -10,7 +10,6 @@ from abo_jax.data import (
     iid,
     make_partition,
     one_class_per_client,
-    plot_partition,
     shards,
 )
 
@@ -157,28 +156,6 @@ def test_make_partition_histogram_and_range():
         make_partition([[5]], y)
     with pytest.raises(ValueError, match="num_classes=2"):
         make_partition([[0]], y, num_classes=2)
-
-
-def test_plot_partition():
-    from matplotlib.figure import Figure
-
-    y = labels_fixture()
-    p = dirichlet(y, num_clients=6, alpha=0.3, key=0)
-    ax = Figure().subplots()
-    assert plot_partition(p, ax) is ax
-    heights = np.array([patch.get_height() for patch in ax.patches]).reshape(10, 6)
-    np.testing.assert_array_equal(heights.T, p.class_histogram)
-    assert ax.get_title() == p.scheme
-    with pytest.raises(ValueError, match="class_names"):
-        plot_partition(p, ax, class_names=["a"])
-    # without an Axes, a new pyplot figure is made
-    import matplotlib.pyplot as plt
-
-    ax = plot_partition(p, class_names=[f"c{c}" for c in range(10)])
-    try:
-        assert [t.get_text() for t in ax.get_legend().get_texts()] == [f"c{c}" for c in range(10)]
-    finally:
-        plt.close(ax.figure)
 
 
 def test_dirichlet_alpha_inf_points_to_iid_and_bad_alphas_are_named():

@@ -55,7 +55,7 @@ def test_cnn_pretrained_then_adapted_with_lora_federated():
     base_acc = accuracy(apply_fn(params, jnp.asarray(ds.x_test)))
 
     # LoRA on the two Dense kernels (ranks 4), biases trainable; conv kernel frozen.
-    spec = aj.lora_spec(params, 4, where=_dense_kernels)
+    spec = aj.lora.lora_spec(params, 4, where=_dense_kernels)
     assert spec["Conv_0"]["kernel"] is None and spec["Dense_1"]["kernel"] == 4
     model = aj.flax_lora_model(apply_fn, params, spec)
     frozen, trainable = model.init(jax.random.key(1))
@@ -86,9 +86,9 @@ def test_fold_base_delta_respects_the_kernel_layout(layout, rng):
     f = aj.LoRAFactors(jnp.asarray(rng.normal(size=(d, 2))), jnp.asarray(rng.normal(size=(2, k))))
     lora = {"layer": {"kernel": f, "bias": None}}
     delta = {"layer": {"kernel": 0.7 * f.b @ f.a, "bias": None}}
-    folded = aj.fold_base_delta(params, delta, kernel_layout=layout)
-    merged = aj.merge_lora_tree(params, lora, 0.7, kernel_layout=layout)
+    folded = aj.models.fold_base_delta(params, delta, kernel_layout=layout)
+    merged = aj.lora.merge_lora_tree(params, lora, 0.7, kernel_layout=layout)
     np.testing.assert_allclose(folded["layer"]["kernel"], merged["layer"]["kernel"], rtol=1e-12)
-    assert aj.fold_base_delta(params, None) is params
+    assert aj.models.fold_base_delta(params, None) is params
     with pytest.raises(ValueError, match="does not match"):
-        aj.fold_base_delta(params, {"layer": {"kernel": jnp.zeros((4, 4)), "bias": None}})
+        aj.models.fold_base_delta(params, {"layer": {"kernel": jnp.zeros((4, 4)), "bias": None}})

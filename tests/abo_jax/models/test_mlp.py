@@ -55,9 +55,9 @@ def test_init_follows_pytorch_and_peft():
         assert abs(float(np.std(w)) - bound / np.sqrt(3)) < 0.05 * bound  # uniform(-bound, bound)
     assert [trainable.lora[n].rank for n in sorted(frozen)] == [11, 11, 7]
     # Only the trainable tree is communicated: LoRA factors and biases.
-    stacked = aj.broadcast_to_clients(trainable, 1)
+    stacked = aj.aggregation.broadcast_to_clients(trainable, 1)
     values = sum(11 * (200 + k) for k in (784, 200)) + 7 * (10 + 200) + 410
-    assert aj.tree_bytes_per_client(stacked) == 8 * values
+    assert aj.aggregation.tree_bytes_per_client(stacked) == 8 * values
     # Different layers draw different numbers from the single uniform draw.
     assert not np.allclose(frozen["dense_1"][:10, :10], frozen["dense_2"][:10, :10])
 

@@ -71,22 +71,24 @@ def test_injected_exception_then_resume(tmp_path):
 def test_failed_write_keeps_the_previous_checkpoint(tmp_path):
     path = str(tmp_path / "c.ckpt")
     state = {"w": np.arange(3.0), "key": jax.random.key(4)}
-    aj.save_checkpoint(path, state, history=[1])
+    aj.simulation.save_checkpoint(path, state, history=[1])
 
     class Unpicklable:
         def __reduce__(self):
             raise OSError("disk full")
 
     with pytest.raises(OSError, match="disk full"):
-        aj.save_checkpoint(path, {"w": np.zeros(3), "key": state["key"]}, history=[Unpicklable()])
-    restored, history, _ = aj.load_checkpoint(path, state)
+        aj.simulation.save_checkpoint(
+            path, {"w": np.zeros(3), "key": state["key"]}, history=[Unpicklable()]
+        )
+    restored, history, _ = aj.simulation.load_checkpoint(path, state)
     np.testing.assert_array_equal(restored["w"], np.arange(3.0))
     np.testing.assert_array_equal(
         jax.random.key_data(restored["key"]), jax.random.key_data(state["key"])
     )
     assert history == [1] and os.listdir(tmp_path) == ["c.ckpt"]
     with pytest.raises(ValueError, match="expects"):
-        aj.load_checkpoint(path, {"w": np.arange(4.0), "key": state["key"]})
+        aj.simulation.load_checkpoint(path, {"w": np.arange(4.0), "key": state["key"]})
 
 
 def test_sharded_and_chunked_equal_one_device(tmp_path):

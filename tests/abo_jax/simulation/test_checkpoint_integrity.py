@@ -39,7 +39,9 @@ def _state():
 
 def test_the_file_layout_checksum_and_permissions(tmp_path):
     path = tmp_path / "c.ckpt"
-    aj.save_checkpoint(path, _state(), history=[{"round": 1}], fingerprint={"user": {"a": 1}})
+    aj.simulation.save_checkpoint(
+        path, _state(), history=[{"round": 1}], fingerprint={"user": {"a": 1}}
+    )
     raw = path.read_bytes()
     assert raw.startswith(MAGIC)
     line, rest = raw[len(MAGIC) :].split(b"\n", 1)
@@ -55,14 +57,14 @@ def test_the_file_layout_checksum_and_permissions(tmp_path):
 @pytest.mark.parametrize("where", ["header", "body_start", "body_end"])
 def test_a_changed_byte_is_refused_naming_the_file(tmp_path, where):
     path = tmp_path / "c.ckpt"
-    aj.save_checkpoint(path, _state(), history=[1, 2])
+    aj.simulation.save_checkpoint(path, _state(), history=[1, 2])
     raw = bytearray(path.read_bytes())
     body = raw.index(b"\n", raw.index(b"\n", len(MAGIC)) + 1) + 1
     i = {"header": len(MAGIC) + 80, "body_start": body + 3, "body_end": len(raw) - 2}[where]
     raw[i] ^= 0x01
     path.write_bytes(bytes(raw))
     with pytest.raises(CheckpointError, match=str(path)) as err:
-        aj.load_checkpoint(path, _state())
+        aj.simulation.load_checkpoint(path, _state())
     assert "checksum" in str(err.value) or "damaged" in str(err.value)
 
 
@@ -71,23 +73,23 @@ def test_values_changed_and_rewritten_consistently_still_fail_the_checksum(tmp_p
     # float bytes of the stored array inside the body; the pickle would still load.
     path = tmp_path / "c.ckpt"
     state = {"w": np.full(64, 0.5), "key": jax.random.key(1)}
-    aj.save_checkpoint(path, state)
+    aj.simulation.save_checkpoint(path, state)
     raw = path.read_bytes()
     needle = np.full(50, 0.5).tobytes()
     assert needle in raw
     path.write_bytes(raw.replace(needle, np.full(50, 1e3).tobytes(), 1))
     with pytest.raises(CheckpointError, match="checksum"):
-        aj.load_checkpoint(path, state)
+        aj.simulation.load_checkpoint(path, state)
 
 
 @pytest.mark.parametrize("keep", [0, 10, len(MAGIC) + 20, -7])
 def test_a_truncated_file_is_a_checkpoint_error_not_an_unpickling_error(tmp_path, keep):
     path = tmp_path / "c.ckpt"
-    aj.save_checkpoint(path, _state(), history=[1])
+    aj.simulation.save_checkpoint(path, _state(), history=[1])
     raw = path.read_bytes()
     path.write_bytes(raw[:keep])
     with pytest.raises(CheckpointError, match=str(path)):
-        aj.load_checkpoint(path, _state())
+        aj.simulation.load_checkpoint(path, _state())
 
 
 def test_a_foreign_or_legacy_file_is_refused_and_never_written_over(tmp_path):
@@ -98,29 +100,31 @@ def test_a_foreign_or_legacy_file_is_refused_and_never_written_over(tmp_path):
     for content, words in ((legacy, "without a checksum"), (b"hello", "not an abo_jax")):
         path.write_bytes(content)
         with pytest.raises(CheckpointError, match=words):
-            aj.load_checkpoint(path, _state())
+            aj.simulation.load_checkpoint(path, _state())
         with pytest.raises(CheckpointError, match=words):
-            aj.save_checkpoint(path, _state())
+            aj.simulation.save_checkpoint(path, _state())
         assert path.read_bytes() == content  # untouched
-    aj.save_checkpoint(path, _state(), overwrite=True)
-    restored, _, _ = aj.load_checkpoint(path, _state())
+    aj.simulation.save_checkpoint(path, _state(), overwrite=True)
+    restored, _, _ = aj.simulation.load_checkpoint(path, _state())
     np.testing.assert_array_equal(restored["w"], _state()["w"])
 
 
 def test_a_fingerprint_mismatch_names_the_field_and_keeps_the_file(tmp_path):
     path = tmp_path / "c.ckpt"
-    aj.save_checkpoint(path, _state(), fingerprint={"user": {"op": "sp", "seed": 0}})
+    aj.simulation.save_checkpoint(path, _state(), fingerprint={"user": {"op": "sp", "seed": 0}})
     before = path.read_bytes()
     with pytest.raises(CheckpointError, match=r"user\['op'\]: stored 'sp', now 'ps'"):
-        aj.load_checkpoint(path, _state(), fingerprint={"user": {"op": "ps", "seed": 0}})
+        aj.simulation.load_checkpoint(path, _state(), fingerprint={"user": {"op": "ps", "seed": 0}})
     with pytest.raises(CheckpointError, match=r"user\['seed'\]"):
-        aj.save_checkpoint(path, _state(), fingerprint={"user": {"op": "sp", "seed": 1}})
+        aj.simulation.save_checkpoint(path, _state(), fingerprint={"user": {"op": "sp", "seed": 1}})
     with pytest.raises(CheckpointError, match="without"):
-        aj.save_checkpoint(
+        aj.simulation.save_checkpoint(
             path, _state()
         )  # a fingerprinted run is not replaced by an anonymous one
     assert path.read_bytes() == before
-    aj.save_checkpoint(path, _state(), fingerprint={"user": {"op": "sp", "seed": 0}})  # same run
+    aj.simulation.save_checkpoint(
+        path, _state(), fingerprint={"user": {"op": "sp", "seed": 0}}
+    )  # same run
 
 
 def test_history_rounds_must_be_exactly_one_to_state_round(tmp_path):
@@ -129,18 +133,18 @@ def test_history_rounds_must_be_exactly_one_to_state_round(tmp_path):
     sim = _sim()
     state = sim.init(jax.random.key(0), data)._replace(round=jnp.asarray(8, jnp.int32))
     per_round = [{"round": np.asarray(r)} for r in range(1, 7)]  # 6 rows for a state at round 8
-    aj.save_checkpoint(path, state, history=per_round)
+    aj.simulation.save_checkpoint(path, state, history=per_round)
     with pytest.raises(CheckpointError, match=r"round 8 .*1\.\.8"):
-        aj.load_checkpoint(path, state)
+        aj.simulation.load_checkpoint(path, state)
     chunks = [{"round": np.arange(1, 5)}, {"round": np.arange(5, 9)}]  # train_in_chunks' layout
     assert history_rounds(chunks) == list(range(1, 9))
-    aj.save_checkpoint(path, state, history=chunks)
-    aj.load_checkpoint(path, state)
-    aj.save_checkpoint(
+    aj.simulation.save_checkpoint(path, state, history=chunks)
+    aj.simulation.load_checkpoint(path, state)
+    aj.simulation.save_checkpoint(
         path, state, history=[{"round": np.arange(1, 5)}, {"round": np.arange(6, 10)}]
     )
     with pytest.raises(CheckpointError, match="inconsistent"):
-        aj.load_checkpoint(path, state)
+        aj.simulation.load_checkpoint(path, state)
 
 
 def test_run_fingerprint_sees_operator_lr_seed_and_data():
@@ -222,7 +226,7 @@ def test_a_diverging_run_warns_once_with_the_round_or_stops_before_saving(tmp_pa
         )
     assert err.value.round == first + 1
     if first:  # the checkpoint holds the finite rounds only
-        _, saved, _ = aj.load_checkpoint(path, sim.init(jax.random.key(0), data))
+        _, saved, _ = aj.simulation.load_checkpoint(path, sim.init(jax.random.key(0), data))
         assert len(saved) == first
         assert all(np.isfinite(r["train_loss"]).all() for r in saved)
     else:

@@ -62,7 +62,7 @@ def _reference_update(frozen, trainable, x, y, batches, lr, momentum, wd, scale)
 def _epochs_batches(key, mask, epochs):
     out = []
     for e in range(epochs):
-        idx, valid = aj.epoch_batches(jax.random.fold_in(key, e), mask, BATCH)
+        idx, valid = aj.data.epoch_batches(jax.random.fold_in(key, e), mask, BATCH)
         out.extend(zip(np.asarray(idx), np.asarray(valid), strict=True))
     return out
 
@@ -80,7 +80,7 @@ def test_vmapped_update_equals_separate_updates_and_reference(rng):
             local_epochs=epochs, batch_size=BATCH, lora_scale=si,
         )  # fmt: skip
 
-    stacked = aj.broadcast_to_clients(trainable, M)
+    stacked = aj.aggregation.broadcast_to_clients(trainable, M)
     inputs = jax.vmap(model.prepare, in_axes=(None, 0))(frozen, x)
     vmapped = jax.jit(jax.vmap(one))(stacked, inputs, y, mask, keys, scales)
     for i in range(M):
@@ -120,7 +120,7 @@ def test_empty_client_is_a_no_op_including_momentum(rng):
 def test_trainable_mask_freezes_factors_against_decay_and_momentum(rng):
     model, frozen, trainable, x, y, mask = _problem(rng)
     opt = aj.paper_sgd(0.1, weight_decay=0.5)
-    tmask = aj.lora_train_mask(trainable.lora, a=False)
+    tmask = aj.simulation.lora_train_mask(trainable.lora, a=False)
     out = aj.client_update(
         model, opt, frozen, trainable, model.prepare(frozen, x[0]), y[0], mask[0], jax.random.key(0),
         local_epochs=2, batch_size=BATCH, trainable_mask=tmask,
@@ -158,5 +158,5 @@ def test_bad_batch_size_and_epochs(rng):
 
 def test_lora_train_mask_structure():
     lora = {"a": LoRAFactors(jnp.zeros((3, 1)), jnp.zeros((1, 2))), "b": None}
-    m = aj.lora_train_mask(lora, b=False)
+    m = aj.simulation.lora_train_mask(lora, b=False)
     assert m["b"] is None and not bool(m["a"].b) and bool(m["a"].a)

@@ -52,7 +52,9 @@ def test_composed_round_is_make_simulation_bit_for_bit(rng, clients_fn):
 def _shift_update(model, optimizer, frozen, trainable, inputs, labels, mask, key, **kw):
     """A local update in closed form: every trainable leaf moves by +1, loss 0."""
     moved = jax.tree.map(lambda x: x + 1.0, trainable)
-    return aj.ClientUpdate(moved, kw["opt_state"], jnp.zeros(()), jnp.zeros((), jnp.int32))
+    return aj.simulation.ClientUpdate(
+        moved, kw["opt_state"], jnp.zeros(()), jnp.zeros((), jnp.int32)
+    )
 
 
 def test_the_local_update_is_a_value(rng, clients_fn):
@@ -188,8 +190,8 @@ def test_a_personalized_operator_is_evaluated_per_client_by_default(rng, clients
     test = (data.x[0], data.y[0])
     own = aj.jit_round(aj.federated_round(_model(), aj.fedsa(), batch_size=4))
     state, _ = own.apply(own.init(jax.random.key(0), data), data)
-    per_client = aj.make_evaluate(_model(), personalized=True)(state, *test)
-    global_ = aj.make_evaluate(_model(), personalized=False)(state, *test)
+    per_client = aj.simulation.make_evaluate(_model(), personalized=True)(state, *test)
+    global_ = aj.simulation.make_evaluate(_model(), personalized=False)(state, *test)
     jax.tree.map(  # jitted against eager: the same sums up to rounding
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12),
         own.evaluate(state, *test),

@@ -126,7 +126,7 @@ def test_uniform_sampling_weights_and_non_sampled_clients(rng, clients_fn):
 
 
 def test_bernoulli_sampling_has_a_participant():
-    s = aj.bernoulli_sampling(0.01)
+    s = aj.simulation.bernoulli_sampling(0.01)
     for i in range(20):
         assert int(s.sample(jax.random.key(i), 6).sum()) >= 1
 
@@ -148,7 +148,9 @@ def _merge_reset_abo():
             lora, state["a0"], is_leaf=aj.is_lora,
         )  # fmt: skip
         m = weights.shape[0]
-        extra = aj.broadcast_to_clients(aj.weighted_sum(clients.extra, weights), m)
+        extra = aj.aggregation.broadcast_to_clients(
+            aj.aggregation.weighted_sum(clients.extra, weights), m
+        )
         no_delta = jax.tree.map(lambda x: None, clients.extra)
         return (
             Broadcast(
@@ -277,7 +279,7 @@ def test_bad_config_errors(rng, clients_fn):
             jax.random.key(0), data
         )
     with pytest.raises(ValueError, match="prob"):
-        aj.bernoulli_sampling(0.0)
+        aj.simulation.bernoulli_sampling(0.0)
     wrong = aj.paper_mlp(FEAT + 1, (5, 4), CLASSES, ranks=2)
     with pytest.raises(ValueError, match="do not match"):
         aj.make_simulation(wrong, aj.product_sum()).init(jax.random.key(0), data)

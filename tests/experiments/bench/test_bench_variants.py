@@ -20,7 +20,7 @@ def test_key_value_sort_batches_give_the_librarys_orders(real):
     for seed in range(3):
         key = jax.random.key(seed)
         ours = variants.key_value_sort_batches(key, mask, 5)
-        ref = abo_jax.epoch_batches(key, mask, 5)
+        ref = abo_jax.data.epoch_batches(key, mask, 5)
         for o, e in zip(ours, ref, strict=True):
             np.testing.assert_array_equal(np.asarray(o), np.asarray(e))
 
