@@ -84,8 +84,8 @@ class FederatedRound(NamedTuple):
         operator makes (global, or each client's own for a personalized operator).
       prepare_test: ``prepare_test(state, x) -> inputs | None``: the cache of a test set for
         :attr:`evaluate`, valid for the whole run under the same conditions as :attr:`prepare`.
-      shard: ``shard(tree, kind) -> tree`` places ``kind="state" | "data" | "inputs"`` on the
-        round's mesh (:func:`~abo_jax.on_mesh`); the identity without one.
+      shard: ``shard(tree, kind) -> tree`` places ``kind="state" | "data" | "inputs" | "test"``
+        on the round's mesh (:func:`~abo_jax.on_mesh`); the identity without one.
       num_runs: ``None``, or the size of the leading run axis of every state leaf
         (:func:`~abo_jax.over_runs`).
       abo: the operator.

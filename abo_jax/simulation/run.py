@@ -187,6 +187,7 @@ def run(
     state = sim.shard(state, "state")
     inputs = sim.shard(sim.prepare(state, data), "inputs")
     # the test set's per-example cache, once per run when the base does not move
+    x_test, y_test = sim.shard((x_test, y_test), "test")
     test_inputs = None if sim.prepare_test is None else sim.prepare_test(state, x_test)
 
     def checkpoint(state):

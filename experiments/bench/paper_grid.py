@@ -140,6 +140,7 @@ def worker(spec: dict) -> dict:
     sim = paper.make_cell_simulation(cell, data.x.shape[-1], classes, mesh)
     keys = jnp.stack([jax.random.key(s) for s in range(cell["seeds"])])
     state = sim.shard(sim.init(keys, data), "state")
+    tx, ty = sim.shard((tx, ty), "test")  # placed as train_in_chunks places it
     test_inputs = None if sim.prepare_test is None else sim.prepare_test(state, tx)
     evaluate = jax.jit(sim.evaluate)
     jax.block_until_ready(evaluate(state, tx, ty, test_inputs))

@@ -251,6 +251,7 @@ def train_in_chunks(
     data = sim.shard(data, "data")
     state = sim.shard(state, "state")
     inputs = sim.shard(sim.prepare(state, data), "inputs")
+    x_test, y_test = sim.shard((x_test, y_test), "test")
     test_inputs = None if sim.prepare_test is None else sim.prepare_test(state, x_test)
     program = _chunk_program(sim, int(chunk))
     bar = tqdm(total=rounds, initial=done, disable=not progress, desc=desc, leave=False)

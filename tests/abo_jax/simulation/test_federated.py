@@ -215,3 +215,15 @@ def test_init_and_metrics_are_checked_with_clear_messages(rng, clients_fn):
     )
     with pytest.raises(ValueError, match="clash"):
         clash.apply(clash.init(jax.random.key(0), data), data)
+
+
+def test_the_test_set_is_placed_by_the_round():
+    # Without a mesh the identity; an unknown kind is named.
+    rnd = aj.federated_round(_model(), aj.product_sum())
+    x, y = np.zeros((4, FEAT)), np.zeros((4,), np.int32)
+    assert rnd.shard((x, y), "test") == (x, y)
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("clients",))
+    placed = aj.on_mesh(rnd, mesh).shard((x, y), "test")
+    np.testing.assert_array_equal(placed[0], x)
+    with pytest.raises(ValueError, match="'test'"):
+        aj.on_mesh(rnd, mesh).shard(x, "other")
