@@ -13,6 +13,8 @@ References:
   Classification (Dirichlet label skew), arXiv:1909.06335.
   Chen et al., Convergence Analysis of Aggregation-Broadcast in LoRA-enabled Federated Learning
   (one class per client), arXiv:2508.01348.
+  Li, Diao, Chen, He, Federated Learning on Non-IID Data Silos: An Experimental Study (quantity
+  skew), arXiv:2102.02079.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ __all__ = [
     "shards",
     "dirichlet",
     "iid",
+    "quantity_skew",
     "make_partition",
 ]
 
@@ -325,4 +328,73 @@ def iid(labels: Any, *, num_clients: int, key: Any, num_classes: int | None = No
     perm = _numpy_rng(key).permutation(y.shape[0])
     return make_partition(
         np.array_split(perm, m), y, num_classes=num_classes, scheme=f"iid (m={m})"
+    )
+
+
+def quantity_skew(
+    labels: Any,
+    *,
+    num_clients: int,
+    beta: float,
+    key: Any,
+    num_classes: int | None = None,
+    min_size: int = 1,
+    max_tries: int = 1000,
+) -> Partition:
+    """Quantity skew: client sizes drawn from ``q ~ Dir(beta 1_m)``, examples dealt at random.
+
+    The examples are shuffled and cut at ``round(cumsum(q) n)``, so the label mix of every client
+    is IID in expectation while the sizes ``n_i`` are skewed (small ``beta``: a few large clients;
+    large ``beta``: near-equal sizes). If some client gets fewer than ``min_size`` examples, ``q``
+    is redrawn (deterministically, from the same generator), up to ``max_tries`` times. Every
+    example is used exactly once.
+
+    Args:
+      labels: ``(n,)`` integer labels (used for the histogram only).
+      num_clients: ``m``.
+      beta: concentration, finite and ``> 0``.
+      key: ``jax.random`` key (or int).
+      num_classes: number of classes (default ``max(labels) + 1``).
+      min_size: smallest acceptable client size (``0`` accepts empty clients).
+      max_tries: redraws before giving up with a ValueError.
+
+    Returns:
+      The :class:`Partition`.
+
+    Example:
+      >>> p = quantity_skew(np.arange(100) % 2, num_clients=4, beta=0.5, key=0)
+      >>> int(p.sizes.sum())
+      100
+
+    References:
+      Li, Diao, Chen, He, arXiv:2102.02079 (section 4.3, quantity skew).
+    """
+    y, num_classes = _labels_and_classes(labels, num_classes)
+    m = _check_num_clients(num_clients)
+    try:
+        beta = float(beta)
+    except (TypeError, ValueError):
+        raise TypeError(f"quantity_skew: beta must be a number > 0, got {beta!r}") from None
+    if not (beta > 0 and np.isfinite(beta)):
+        raise ValueError(
+            f"quantity_skew: beta must be a finite number > 0 (small: skewed sizes, large: "
+            f"near-equal sizes; for equal sizes use iid), got {beta}"
+        )
+    if min_size * m > y.shape[0]:
+        raise ValueError(
+            f"min_size={min_size} for {m} clients needs more than {y.shape[0]} examples"
+        )
+    rng = _numpy_rng(key)
+    for _ in range(max_tries):
+        perm = rng.permutation(y.shape[0])
+        q = rng.dirichlet(np.full(m, beta))
+        cuts = np.round(np.cumsum(q)[:-1] * y.shape[0]).astype(np.int64)
+        parts = np.split(perm, cuts)
+        if min(p.size for p in parts) >= min_size:
+            return make_partition(
+                parts, y, num_classes=num_classes, scheme=f"quantity skew (beta={beta:g}, m={m})"
+            )
+    raise ValueError(
+        f"quantity_skew: no draw in {max_tries} tries gave every client >= {min_size} examples; "
+        "lower min_size, raise beta, or use fewer clients"
     )
