@@ -34,9 +34,20 @@ from abo_jax.data._partition import (
     iid,
     make_partition,
     one_class_per_client,
+    quantity_skew,
     shards,
 )
 from abo_jax.data.client_data import ClientData
+from abo_jax.data.fortunes import (
+    FORTUNES_DIR,
+    PARTITION_SCHEMES,
+    TextClients,
+    TextDataset,
+    fortunes_clients,
+    load_fortunes,
+    partition_topics,
+    read_fortune_file,
+)
 
 __all__ = [
     "ClientData",
@@ -59,6 +70,15 @@ __all__ = [
     "shards",
     "dirichlet",
     "iid",
+    "quantity_skew",
+    "TextDataset",
+    "TextClients",
+    "load_fortunes",
+    "read_fortune_file",
+    "partition_topics",
+    "fortunes_clients",
+    "PARTITION_SCHEMES",
+    "FORTUNES_DIR",
     "pad_clients",
     "client_weights",
     "epoch_batches",
