@@ -9,7 +9,7 @@ EXTRAS := plots,data,notebooks,bench,test
 # One OpenBLAS thread per LAPACK call: its own thread pool oversubscribes small shared machines.
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: install demo test lint format clean fashion-mnist
+.PHONY: install demo test lint format clean fashion-mnist fortunes
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ demo: $(STAMP)
 # /usr/share/datasets/fashion-mnist/, where the loaders look by default.
 fashion-mnist:
 	apt-get install -y dataset-fashion-mnist
+
+# Debian's fortunes (topic-labelled short texts for the fine-tuning study, as root): one file per
+# topic under /usr/share/games/fortunes/, where abo_jax.data.load_fortunes looks by default.
+fortunes:
+	apt-get install -y fortunes
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
