@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-EXTRAS := plots,data,notebooks,bench,text,test
+EXTRAS := plots,data,notebooks,bench,fedjax,text,test
 
 # One OpenBLAS thread per LAPACK call: its own thread pool oversubscribes small shared machines.
 export OPENBLAS_NUM_THREADS ?= 1
