@@ -161,7 +161,7 @@ def random_bert_params(key: jax.Array, config: BertConfig) -> dict[str, np.ndarr
             out[name] = np.zeros(shape, np.float32)
         else:
             draw = jax.random.normal(jax.random.fold_in(key, i), shape, jnp.float32)
-            out[name] = np.asarray(0.02 * draw, np.float32)
+            out[name] = np.array(0.02 * draw, np.float32)  # writable, as load_minilm's
     return out
 
 
