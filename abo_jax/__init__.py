@@ -42,7 +42,15 @@ from abo_jax.data import (
     pad_clients,
 )
 from abo_jax.lora import LoRAFactors, apply_lora, init_lora, is_lora, lora_delta, merge_lora
-from abo_jax.models import Model, Trainable, flax_lora_model, paper_mlp, paper_mlp_ranks
+from abo_jax.models import (
+    Model,
+    Trainable,
+    bert_lora_model,
+    flax_lora_model,
+    load_minilm,
+    paper_mlp,
+    paper_mlp_ranks,
+)
 from abo_jax.simulation import (
     CheckpointError,
     FederatedRound,
@@ -76,6 +84,8 @@ __all__ = [
     "paper_mlp",
     "paper_mlp_ranks",
     "flax_lora_model",
+    "bert_lora_model",
+    "load_minilm",
     # operators
     "ABO",
     "Broadcast",
