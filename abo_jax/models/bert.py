@@ -249,11 +249,12 @@ def bert_embed(embeddings: Mapping[str, Any], ids: jax.Array, *, eps: float) -> 
     return _layer_norm(word + jnp.broadcast_to(extra, word.shape), embeddings["norm"], eps)
 
 
-def _project(x, weights, factors: LoRAFactors | None, scale):
-    y = x @ weights["w"].T + jnp.broadcast_to(weights["b"], (*x.shape[:-1], weights["b"].shape[0]))
-    if factors is None:
+def _project(x, weights, adapter: LoRAFactors | jax.Array | None, scale):
+    w = adapter if (adapter is not None and not isinstance(adapter, LoRAFactors)) else weights["w"]
+    y = x @ w.T + jnp.broadcast_to(weights["b"], (*x.shape[:-1], weights["b"].shape[0]))
+    if not isinstance(adapter, LoRAFactors):
         return y
-    return y + scale * ((x @ factors.a.T) @ factors.b.T)  # factored: W0 + s B A is never formed
+    return y + scale * ((x @ adapter.a.T) @ adapter.b.T)  # factored: W0 + s B A is never formed
 
 
 def bert_layer(
@@ -263,7 +264,7 @@ def bert_layer(
     *,
     num_heads: int,
     eps: float,
-    lora: Mapping[str, LoRAFactors] | None = None,
+    lora: Mapping[str, Any] | None = None,
     scale: Any = 1.0,
 ) -> jax.Array:
     """One post-LN encoder layer: masked self-attention, add & norm, GELU FFN, add & norm.
@@ -274,7 +275,8 @@ def bert_layer(
       mask: ``(b, L)`` bool, True for real tokens (keys outside it get no attention).
       num_heads: attention heads ``H`` (``h % H == 0``).
       eps: LayerNorm epsilon.
-      lora: ``{projection: LoRAFactors}`` for the adapted projections of this layer (or None).
+      lora: ``{projection: LoRAFactors}`` for the adapted projections of this layer (or None); a
+        dense ``(d, k)`` array instead replaces that projection's ``W0`` (full-weight training).
       scale: the LoRA scale ``s``.
 
     Returns:
@@ -380,6 +382,7 @@ def bert_lora_model(
     max_len: int = 64,
     head: Literal["aggregated", "local"] = "aggregated",
     lora_init: Literal["kaiming", "gaussian"] = "kaiming",
+    mode: Literal["lora", "full"] = "lora",
     dtype: Any = jnp.float32,
 ) -> Model:
     r"""A pretrained BERT encoder with factored LoRA and a classification head, as a Model.
@@ -410,6 +413,11 @@ def bert_lora_model(
         it (FedAvg) like every dense leaf. ``"local"`` (a head kept per client, never averaged)
         is not supported yet: the round has no field for a per-client part of the trainable tree.
       lora_init: ``A`` init (see :func:`abo_jax.init_lora`).
+      mode: ``"lora"``; or ``"full"``: the same projections train their dense weights
+        themselves (``Trainable.lora`` holds ``{target: W (d, k)}``, starting from the pretrained
+        ``W0``), the reference for full-weight FedAvg (:func:`~abo_jax.fedavg_full`) of the same
+        trainable set; ``ranks`` and ``lora_init`` are then unused, and memory per client grows
+        with those dense weights.
       dtype: the dtype of every weight and factor (the pretrained weights are float32).
 
     Returns:
@@ -438,6 +446,8 @@ def bert_lora_model(
         raise ValueError(f"head must be 'aggregated' or 'local', got {head!r}")
     if lora_init not in ("kaiming", "gaussian"):
         raise ValueError(f"lora_init must be 'kaiming' or 'gaussian', got {lora_init!r}")
+    if mode not in ("lora", "full"):
+        raise ValueError(f"mode must be 'lora' or 'full', got {mode!r}")
     if int(num_classes) < 2:
         raise ValueError(f"num_classes must be at least 2, got {num_classes}")
     targets = tuple(targets)
@@ -457,7 +467,7 @@ def bert_lora_model(
     adapted, below = layers[start:], layers[:start]
     for t in targets:
         d, k = frozen[layers[0]][t]["w"].shape
-        if not 1 <= rank_of[t] <= min(d, k):
+        if mode == "lora" and not 1 <= rank_of[t] <= min(d, k):
             raise ValueError(
                 f"ranks: {t} is ({d}, {k}), so 1 <= r <= {min(d, k)}; got {rank_of[t]}"
             )
@@ -471,6 +481,9 @@ def bert_lora_model(
         for i, name in enumerate(adapted):
             lora[name] = {}
             for j, t in enumerate(targets):
+                if mode == "full":
+                    lora[name][t] = frozen[name][t]["w"]
+                    continue
                 d, k = frozen[name][t]["w"].shape
                 lora[name][t] = init_lora(
                     jax.random.fold_in(k_lora, i * len(targets) + j),
@@ -528,6 +541,10 @@ def bert_lora_model(
     def fold(frz, base_delta):
         if base_delta is None:
             return frz
+        if mode == "full":
+            raise ValueError(
+                "fold: a full-weight model trains its weights; there is no base to correct"
+            )
         out = dict(frz)
         for name, per_target in base_delta.items():
             if per_target is None:

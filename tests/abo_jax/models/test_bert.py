@@ -315,3 +315,30 @@ def test_a_federated_round_trains_the_factors_with_one_frozen_base(rng, operator
     for x, y in zip(jax.tree.leaves(state), jax.tree.leaves(other), strict=True):
         if jnp.issubdtype(x.dtype, jnp.floating):
             np.testing.assert_allclose(x, y, rtol=1e-10, atol=1e-13)
+
+
+def test_full_mode_trains_the_same_projections_densely(rng):
+    """The reference for fedavg_full: dense (d, k) weights of the targets, starting at W0."""
+    params = _random_params(jax.random.key(8), SMALL, rng)
+    kw = dict(lora_from_layer=1, max_len=8, dtype=jnp.float64)
+    model = bert.bert_lora_model(SMALL, params, 3, mode="full", **kw)
+    frozen, trainable = model.init(jax.random.key(0))
+    assert jax.tree.map(jnp.shape, trainable.lora) == {
+        "layer_1": {"query": (32, 32), "value": (32, 32)}
+    }
+    ids = jnp.asarray(_ids(rng, 5, 8, SMALL.vocab_size))
+    lora_model = bert.bert_lora_model(SMALL, params, 3, **kw)
+    _, lora_trainable = lora_model.init(jax.random.key(0))
+    np.testing.assert_allclose(  # W = W0 and B = 0: the same model, the same head
+        model.apply(frozen, trainable, model.prepare(frozen, ids), 1.0),
+        lora_model.apply(frozen, lora_trainable, lora_model.prepare(frozen, ids), 1.0),
+        rtol=1e-13,
+    )
+    data = _tiny_clients(rng)
+    sim = aj.make_simulation(model, aj.fedavg_full(), optimizer=optax.sgd(0.5), batch_size=3)
+    start = sim.init(jax.random.key(1), data)
+    state, _ = sim.round(start, data, sim.prepare(start, data))
+    for new, old in zip(*map(jax.tree.leaves, (state.clients, start.clients)), strict=True):
+        assert float(jnp.max(jnp.abs(new - old))) > 0
+    with pytest.raises(ValueError, match="no base to correct"):
+        model.fold(frozen, {"layer_1": {"query": jnp.zeros((32, 32))}})
