@@ -25,6 +25,7 @@ BENCHMARKS = {
     "paper_grid": "7: the paper grid's wall time from a sub-grid (about 10 minutes)",
     "profile_round": "where the round's time goes, by kind of op (not run by default)",
     "variants": "variants of the round side by side, --suite (not run by default)",
+    "vs_peft": "MiniLM's LoRA round vs PyTorch + peft, benchmark 9 (needs peft; not by default)",
 }
 DEFAULT = tuple(name for name, what in BENCHMARKS.items() if what[0].isdigit())
 
