@@ -34,6 +34,8 @@ import jax.extend.core as jex_core
 import jax.numpy as jnp
 import numpy as np
 
+from abo_jax.distributed import broadcast_from_primary, fetch, global_digests, is_primary
+
 __all__ = [
     "CheckpointError",
     "save_checkpoint",
@@ -74,10 +76,6 @@ def _is_key(x: Any) -> bool:
     return hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
-def _to_host(x: Any) -> np.ndarray:
-    return np.asarray(jax.device_get(jax.random.key_data(x) if _is_key(x) else x))
-
-
 def _file_mode() -> int:
     """``0o666`` less the process umask: the mode ``open()`` gives a new file."""
     mask = os.umask(0)
@@ -103,13 +101,25 @@ def _jsonable(x: Any) -> Any:
 # ------------------------------------------------------------------------------------- fingerprint
 
 
-def _hash_arrays(leaves, values: bool = True) -> str:
+def _hash_arrays(leaves) -> str:
     h = hashlib.sha256()
-    for x in leaves:
-        a = _to_host(x)
+    leaves = [jax.random.key_data(x) if _is_key(x) else x for x in leaves]
+    # Split over several processes (the clients' data): hashed where it lies, never gathered.
+    split = [
+        i
+        for i, x in enumerate(leaves)
+        if isinstance(x, jax.Array) and not (x.is_fully_addressable or x.is_fully_replicated)
+    ]
+    digests = dict(zip(split, global_digests([leaves[i] for i in split]), strict=True))
+    rest = [i for i in range(len(leaves)) if i not in digests]
+    host = dict(zip(rest, fetch([leaves[i] for i in rest]), strict=True))
+    for i in range(len(leaves)):
+        if i in digests:
+            h.update(digests[i])
+            continue
+        a = host[i]
         h.update(f"{a.dtype.str}{a.shape};".encode())
-        if values:
-            h.update(np.ascontiguousarray(a).tobytes())
+        h.update(np.ascontiguousarray(a).tobytes())
     return h.hexdigest()
 
 
@@ -371,10 +381,22 @@ def save_checkpoint(
         compared by :func:`load_checkpoint`.
       overwrite: replace ``path`` whatever it holds.
 
+    In a run of several processes (:mod:`abo_jax.distributed`) every process calls it: the
+    state's arrays are gathered from all of them, process 0 alone checks and writes the file, and
+    every process returns once it is written (so any of them may resume from it).
+
     Raises:
       CheckpointError: ``path`` exists and is not this run's checkpoint (without ``overwrite``).
     """
     path = os.fspath(path)
+    leaves = fetch(jax.tree.leaves(state))  # a collective across processes
+    at = fetch(state.round) if hasattr(state, "round") else None
+    if is_primary():
+        _write_checkpoint(path, leaves, at, history, extra, fingerprint, overwrite)
+    broadcast_from_primary(np.int32(0))  # several processes: return once the file is written
+
+
+def _write_checkpoint(path, leaves, at, history, extra, fingerprint, overwrite) -> None:
     if not overwrite and os.path.lexists(path):
         stored = read_checkpoint_header(path)  # raises for a foreign or damaged file
         if fingerprint is not None or stored.get("fingerprint") is not None:
@@ -385,7 +407,6 @@ def save_checkpoint(
             compare_fingerprints(path, stored.get("fingerprint"), fingerprint)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    leaves = [_to_host(x) for x in jax.tree.leaves(state)]
     body = pickle.dumps(
         {"leaves": leaves, "history": history, "extra": extra}, protocol=pickle.HIGHEST_PROTOCOL
     )
@@ -393,7 +414,7 @@ def save_checkpoint(
     header = {
         "body_bytes": len(body),
         "fingerprint": None if fingerprint is None else _jsonable(dict(fingerprint)),
-        "round": _jsonable(np.asarray(state.round)) if hasattr(state, "round") else None,
+        "round": None if at is None else _jsonable(at),
         "history_rounds": None if rounds is None else len(rounds),
         "arrays": len(leaves),
     }

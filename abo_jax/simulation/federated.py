@@ -29,6 +29,7 @@ import optax
 from abo_jax.aggregation._base import ABO, Broadcast, broadcast_to_clients
 from abo_jax.data._shuffle import stable_partition
 from abo_jax.data.client_data import ClientData
+from abo_jax.distributed import local_values
 from abo_jax.lora import is_lora, mask_rank
 from abo_jax.models._base import Model, Trainable
 from abo_jax.simulation._checks import check_key, check_metrics
@@ -240,7 +241,7 @@ def _check_model(model: Model, data: ClientData) -> None:
         ) from err
     if logits.ndim != 2:
         raise ValueError(f"model: expected logits (b, classes), got shape {logits.shape}")
-    y = np.asarray(data.y)[np.asarray(data.mask)]
+    y = local_values(data.y)[local_values(data.mask).astype(bool)]  # this process's clients
     if y.size and (y.min() < 0 or y.max() >= logits.shape[-1]):
         raise ValueError(
             f"data.y: labels must lie in [0, {logits.shape[-1]}) for this model, "

@@ -12,6 +12,7 @@ import numpy as np
 from tqdm import tqdm
 
 from abo_jax.data.client_data import ClientData
+from abo_jax.distributed import fetch, is_primary
 from abo_jax.simulation._checks import check_key
 from abo_jax.simulation.checkpoint import (
     CheckpointError,
@@ -96,6 +97,10 @@ def run(
     :class:`~abo_jax.simulation.checkpoint.CheckpointError` names the file and the field that
     differs, and the file is left as it was. A checkpoint holding more rounds than ``rounds`` is
     refused too (this function returns exactly ``rounds`` rounds or fails).
+
+    Several processes (:mod:`abo_jax.distributed`, a mesh over the devices of all of them): every
+    process calls ``run`` with the same arguments; the history is the same on every process,
+    process 0 alone shows progress and writes the checkpoint, and every process resumes from it.
 
     The first round whose train or test loss is not finite triggers one ``RuntimeWarning`` naming
     the round (and the runs); with ``stop_on_nonfinite`` a :class:`NonFiniteError` is raised
@@ -198,14 +203,20 @@ def run(
         overwrite = False  # from now on the file is this run's
 
     step = round_function(sim)
-    bar = tqdm(total=int(rounds), initial=start, disable=not progress, desc=desc, leave=False)
+    bar = tqdm(
+        total=int(rounds),
+        initial=start,
+        disable=not (progress and is_primary()),
+        desc=desc,
+        leave=False,
+    )
     warned = any(_nonfinite(rec) for rec in records)  # warned when those rounds ran
     try:
         for r in range(start + 1, int(rounds) + 1):
             state, metrics = step(state, data, inputs)
-            record = {"round": np.asarray(r), **jax.device_get(metrics)}
+            record = {"round": np.asarray(r), **fetch(metrics)}
             if r % eval_every == 0 or r == rounds:
-                ev = jax.device_get(sim.evaluate(state, x_test, y_test, test_inputs))
+                ev = fetch(sim.evaluate(state, x_test, y_test, test_inputs))
                 record["test_accuracy"] = np.asarray(ev["accuracy"])
                 record["test_loss"] = np.asarray(ev["loss"])
                 bar.set_postfix(acc=f"{np.mean(ev['accuracy']):.4f}", refresh=False)

@@ -20,6 +20,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from abo_jax.distributed import place
 from abo_jax.simulation._checks import check_key
 from abo_jax.simulation.federated import FederatedRound
 
@@ -93,9 +94,9 @@ def _shard_runs(mesh: Mesh):
         if tree is None:
             return tree
         if kind in ("data", "test"):
-            return jax.tree.map(lambda x: jax.device_put(x, NamedSharding(mesh, P())), tree)
+            return jax.tree.map(lambda x: place(x, NamedSharding(mesh, P())), tree)
         if kind in ("state", "inputs"):  # every state and inputs leaf has the run axis first
-            return jax.tree.map(lambda x: jax.device_put(x, NamedSharding(mesh, P(RUN_AXIS))), tree)
+            return jax.tree.map(lambda x: place(x, NamedSharding(mesh, P(RUN_AXIS))), tree)
         raise ValueError(f"shard: kind must be 'state', 'data', 'inputs' or 'test', got {kind!r}")
 
     return shard
@@ -111,7 +112,7 @@ def _shard_clients(mesh: Mesh, run_axes: int, per_client: frozenset):
                 f"mesh: the client axis ({x.shape[axis]}) must be divisible by the number of "
                 f"devices on {CLIENT_AXIS!r} ({size})"
             )
-        return jax.device_put(x, NamedSharding(mesh, P(*([None] * axis), CLIENT_AXIS)))
+        return place(x, NamedSharding(mesh, P(*([None] * axis), CLIENT_AXIS)))
 
     def shard(tree, kind):
         if tree is None:
@@ -120,8 +121,8 @@ def _shard_clients(mesh: Mesh, run_axes: int, per_client: frozenset):
             return jax.tree.map(lambda x: split(x, 0), tree)
         if kind == "test":  # the test examples split over the devices when they divide evenly
             even = all(x.shape[0] % size == 0 for x in jax.tree.leaves(tree))
-            place = (lambda x: split(x, 0)) if even else (lambda x: jax.device_put(x, replicated))
-            return jax.tree.map(place, tree)
+            put = (lambda x: split(x, 0)) if even else (lambda x: place(x, replicated))
+            return jax.tree.map(put, tree)
         if kind == "inputs":
             return jax.tree.map(lambda x: split(x, run_axes), tree)
         if kind != "state":
@@ -133,7 +134,7 @@ def _shard_clients(mesh: Mesh, run_axes: int, per_client: frozenset):
                 name: jax.tree.map(
                     (lambda x: split(x, run_axes))
                     if name in per_client
-                    else (lambda x: jax.device_put(x, replicated)),
+                    else (lambda x: place(x, replicated)),
                     getattr(tree, name),
                 )
                 for name in tree._fields
@@ -154,6 +155,11 @@ def on_mesh(rnd: FederatedRound, mesh: Mesh) -> FederatedRound:
     (``jax.config.update("jax_num_cpu_devices", n)`` before JAX starts) let the cores run the
     devices' shares side by side (on 2 cores against one device: 1.4x per round for the paper's 10
     clients, 2x for 1000 small ones; ``experiments/bench/RESULTS.md``).
+
+    The mesh may span the devices of several processes (JAX's distributed runtime,
+    :mod:`abo_jax.distributed`): each process then places only its own devices' pieces, and the
+    aggregation's sums over clients run as collectives across processes, with the numbers of one
+    process holding all the devices.
 
     Use the returned ``shard(tree, kind)`` to place the state, data, inputs and the test set
     (``kind="test"``: its examples split over the client devices when they divide evenly, else

@@ -10,6 +10,7 @@ process that holds it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -18,6 +19,9 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from abo_jax.distributed import broadcast_from_primary, is_primary
 from experiments.common.io import atomic_write_json, config_hash, read_json, to_jsonable
 from experiments.common.lock import folder_lock
 from experiments.common.progress import progress
@@ -131,18 +135,27 @@ def run_grid(
         raise ValueError("cells: two cells have the same content; each cell must be unique")
     counts = {"run": 0, "skipped": 0}
     records = []
-    with folder_lock(folder, timeout=lock_timeout):
-        bar = progress(total=len(cells), desc=desc, disable=not show_progress)
+    # Several processes of one distributed run (abo_jax.distributed): each runs every cell (its
+    # collectives need them all); process 0 holds the lock, decides which cells are finished and
+    # writes the files, the others follow its decisions.
+    primary = is_primary()
+    lock = folder_lock(folder, timeout=lock_timeout) if primary else contextlib.nullcontext()
+    with lock:
+        bar = progress(total=len(cells), desc=desc, disable=not (show_progress and primary))
         for cell in cells:
             path = cell_path(folder, cell)
-            if _finished(path, cell):
+            if broadcast_from_primary(np.int32(primary and _finished(path, cell))):
                 counts["skipped"] += 1
             else:
                 result = run_cell(cell)
                 record = {"cell": dict(cell), "result": result}
                 record["sha256"] = _digest(record["cell"], result)
-                atomic_write_json(path, record)
                 counts["run"] += 1
+                if not primary:
+                    records.append(read_json_roundtrip({"cell": dict(cell), "result": result}))
+                    bar.update(1)
+                    continue
+                atomic_write_json(path, record)
             stored = verify_cell_file(path)
             if stored is None:  # changed between our write and this read: say so, never hide it
                 raise RuntimeError(f"{path}: changed while the grid ran (checksum mismatch)")

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from abo_jax.aggregation import product_sum, sum_product
+from abo_jax.distributed import distributed_from_env, fetch, is_primary
 from abo_jax.models.mlp import paper_mlp, paper_mlp_ranks
 from abo_jax.simulation import make_simulation, paper_sgd, run
 from abo_jax.simulation.checkpoint import (
@@ -254,12 +255,14 @@ def train_in_chunks(
     x_test, y_test = sim.shard((x_test, y_test), "test")
     test_inputs = None if sim.prepare_test is None else sim.prepare_test(state, x_test)
     program = _chunk_program(sim, int(chunk))
-    bar = tqdm(total=rounds, initial=done, disable=not progress, desc=desc, leave=False)
+    bar = tqdm(
+        total=rounds, initial=done, disable=not (progress and is_primary()), desc=desc, leave=False
+    )
     try:
         while done < rounds:
             n = min(int(chunk), rounds - done)
             state, out = program(state, data, inputs, x_test, y_test, test_inputs, jnp.int32(n))
-            rec = {k: np.asarray(v)[:n] for k, v in jax.device_get(out).items()}
+            rec = {k: np.asarray(v)[:n] for k, v in fetch(out).items()}
             rec["round"] = np.arange(done + 1, done + n + 1)
             history.append(rec)
             done += n
@@ -347,7 +350,8 @@ def _run_cell(
             fingerprint=cell,
         )
     wall = time.perf_counter() - t0
-    partial.unlink(missing_ok=True)
+    if is_primary():  # the one process that writes (abo_jax.distributed)
+        partial.unlink(missing_ok=True)
     acc = 100.0 * np.asarray(history["test_accuracy"], float).T  # (seeds, rounds), percent
     out = {
         "ranks": list(ranks),
@@ -362,6 +366,7 @@ def _run_cell(
         "seconds_per_round": wall / cell["rounds"],
         "wall_seconds": wall,
         "devices": 1 if mesh is None else int(mesh.devices.size),
+        "processes": jax.process_count(),
         "rounds_per_dispatch": int(rounds_per_dispatch),
     }
     if record_mismatch:  # (seeds, rounds, layers) per term
@@ -533,6 +538,14 @@ def run_name(cfg: PaperConfig) -> str:
 def _use_devices(cfg: PaperConfig) -> int:
     """Asks JAX for ``cfg.host_devices`` CPU devices (0: one per core) and returns how many of them
     a mesh over the clients uses (a divisor of ``num_clients``)."""
+    if jax.distributed.is_initialized():  # several processes: the mesh spans all their devices
+        count = jax.device_count()
+        if cfg.num_clients % count:
+            raise ValueError(
+                f"--num-clients {cfg.num_clients}: a run over {jax.process_count()} processes "
+                f"shards the clients over all {count} devices; give a multiple of {count}"
+            )
+        return count
     want = cfg.host_devices or len(os.sched_getaffinity(0))
     want = max(d for d in range(1, want + 1) if cfg.num_clients % d == 0)
     try:
@@ -562,7 +575,9 @@ def run_paper(cfg: PaperConfig) -> dict:
     _use_compile_cache(cfg)
     mesh = host_mesh(devices)
     folder = results_dir(cfg.out, run_name(cfg))
-    atomic_write_json(folder / "config.json", dataclasses.asdict(cfg))
+    primary = is_primary()  # several processes: every one trains, process 0 writes
+    if primary:
+        atomic_write_json(folder / "config.json", dataclasses.asdict(cfg))
     cache = _DataCache(cfg)
     t0 = time.perf_counter()
     records, counts = run_grid(
@@ -574,22 +589,25 @@ def run_paper(cfg: PaperConfig) -> dict:
     )
     wall = time.perf_counter() - t0
     rows = summarize(records, cfg.level, protocol=cfg.protocol, last_k=cfg.last_k)
-    atomic_write_csv(folder / "summary.csv", rows)
     verdict = verdicts(cfg, records)
-    atomic_write_json(folder / "verdict.json", verdict)
-    plots = make_plots(cfg, records, folder)
-    atomic_write_json(
-        folder / "run.json",
-        {
-            "protocol": cfg.protocol,
-            "normalization": cfg.normalization,
-            "devices": devices,
-            "rounds_per_dispatch": cfg.rounds_per_dispatch,
-            "wall_seconds_this_invocation": wall,
-            **counts,
-            "cells": len(records),
-        },
-    )
+    plots = []
+    if primary:
+        atomic_write_csv(folder / "summary.csv", rows)
+        atomic_write_json(folder / "verdict.json", verdict)
+        plots = make_plots(cfg, records, folder)
+        atomic_write_json(
+            folder / "run.json",
+            {
+                "protocol": cfg.protocol,
+                "normalization": cfg.normalization,
+                "devices": devices,
+                "processes": jax.process_count(),
+                "rounds_per_dispatch": cfg.rounds_per_dispatch,
+                "wall_seconds_this_invocation": wall,
+                **counts,
+                "cells": len(records),
+            },
+        )
     return {
         "folder": folder,
         "rows": rows,
@@ -646,6 +664,9 @@ def _protocol_preset(argv) -> str:
 
 
 def main(argv=None) -> dict:
+    # One of several processes (python -m abo_jax.launch, or a cluster with
+    # ABO_JAX_DISTRIBUTED=auto): join the run before JAX starts; a no-op otherwise.
+    distributed_from_env()
     preset = functools.partial(get_config, _protocol_preset(argv))
     cfg = parse_config(preset, argv, __doc__.splitlines()[0], get_quick_config)
     try:
@@ -659,5 +680,6 @@ def main(argv=None) -> dict:
         )
         raise SystemExit(2) from None
     result = run_paper(cfg)
-    print_report(cfg, result)
+    if is_primary():
+        print_report(cfg, result)
     return result
