@@ -11,7 +11,7 @@ Reference: Chen et al., Convergence Analysis of Aggregation-Broadcast in LoRA-en
 Learning, arXiv:2508.01348.
 """
 
-from abo_jax import aggregation, data, linalg, lora, models, simulation
+from abo_jax import aggregation, data, distributed, linalg, lora, models, simulation
 from abo_jax.aggregation import (
     ABO,
     OPERATORS,
@@ -41,6 +41,7 @@ from abo_jax.data import (
     one_class_per_client,
     pad_clients,
 )
+from abo_jax.distributed import distributed_from_env
 from abo_jax.lora import LoRAFactors, apply_lora, init_lora, is_lora, lora_delta, merge_lora
 from abo_jax.models import (
     Model,
@@ -128,9 +129,11 @@ __all__ = [
     "make_simulation",
     "run",
     "CheckpointError",
+    "distributed_from_env",
     # submodules
     "aggregation",
     "data",
+    "distributed",
     "linalg",
     "lora",
     "models",
