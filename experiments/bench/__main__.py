@@ -26,6 +26,7 @@ BENCHMARKS = {
     "profile_round": "where the round's time goes, by kind of op (not run by default)",
     "variants": "variants of the round side by side, --suite (not run by default)",
     "vs_peft": "MiniLM's LoRA round vs PyTorch + peft, benchmark 9 (needs peft; not by default)",
+    "multiprocess": "1 process x 2 devices vs 2 processes x 1 device, benchmark 10 (not by default)",
 }
 DEFAULT = tuple(name for name, what in BENCHMARKS.items() if what[0].isdigit())
 
