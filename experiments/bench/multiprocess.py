@@ -121,6 +121,7 @@ def worker(payload: dict) -> dict | None:
         optimizer=W.optimizer_of(spec),
         local_epochs=spec.epochs,
         batch_size=spec.batch,
+        map_clients=abo_jax.simulation.vmap_clients,  # every device's share at once, as bench 6
     )
     rnd = abo_jax.on_mesh(rnd, mesh)
     state = rnd.shard(rnd.init(jax.random.key(0), data), "state")
