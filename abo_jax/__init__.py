@@ -66,6 +66,7 @@ from abo_jax.simulation import (
     paper_sgd,
     run,
     scan_rounds,
+    streamed_groups,
     uniform_sampling,
 )
 
@@ -123,6 +124,7 @@ __all__ = [
     "jit_round",
     "scan_rounds",
     "client_groups",
+    "streamed_groups",
     "client_update",
     "paper_sgd",
     "uniform_sampling",

@@ -21,10 +21,12 @@ from abo_jax.aggregation._base import (
     aggregate_layers,
     all_finite,
     broadcast_to_clients,
+    check_broadcast_form,
     freeze_factors,
     is_concrete,
     make_abo,
     num_clients,
+    stack_layer_diags,
     trainable_factors,
     tree_bytes_per_client,
     validate_clients,
@@ -32,6 +34,7 @@ from abo_jax.aggregation._base import (
     weighted_sum,
     weights_diagnostics,
 )
+from abo_jax.aggregation._streamed import Streamed, linear_streamed
 from abo_jax.aggregation.fedavg import fedavg_full, fedavg_gap, merge_broadcast, merge_clients
 from abo_jax.aggregation.fedex import fedex
 from abo_jax.aggregation.fedsa import fedsa
@@ -50,6 +53,10 @@ from abo_jax.aggregation.sum_product import (
 )
 
 __all__ = [
+    "Streamed",
+    "linear_streamed",
+    "stack_layer_diags",
+    "check_broadcast_form",
     "ABO",
     "Traits",
     "Broadcast",

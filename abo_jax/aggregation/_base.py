@@ -9,8 +9,11 @@ manner of optax's ``GradientTransformation``)::
 * ``clients``: a pytree whose :class:`~abo_jax.LoRAFactors` leaves carry a leading client axis ``m``
   (``b (m, d, r)``, ``a (m, r, k)``); frozen positions are ``None``.
 * ``weights``: ``(m,)``, ``p_i >= 0``, ``sum p_i = 1``; a client outside the round has weight 0.
-* ``broadcast.factors``: the starting factors of every client next round, same tree and shapes as
-  ``clients`` (identical across the client axis for global operators).
+* ``broadcast.factors``: the next round's start, in the one form the operator's traits declare:
+  for a global operator (:attr:`Traits.one_start`: not personalized, one rank) ONE copy, the
+  clients' tree without the client axis (``b (d, r)``, ``a (r, k)``, dense leaves ``(...)``); for a
+  personalized or heterogeneous-rank operator one start per client, same shapes as ``clients``.
+  :func:`make_abo` refuses the other form by name.
 * ``broadcast.base_delta``: a pytree like ``clients`` with a dense ``(d, k)`` correction (peft
   orientation, already multiplied by the LoRA scale) to add to each frozen base weight, or ``None``.
 * ``diagnostics``: a dict of arrays; every operator made with :func:`make_abo` reports ``finite``
@@ -48,6 +51,7 @@ __all__ = [
     "make_abo",
     "weighted_sum",
     "broadcast_to_clients",
+    "check_broadcast_form",
     "num_clients",
     "tree_bytes_per_client",
     "validate_clients",
@@ -57,6 +61,7 @@ __all__ = [
     "all_finite",
     "LayerResult",
     "aggregate_layers",
+    "stack_layer_diags",
     "trainable_factors",
     "freeze_factors",
     "layer_client_ranks",
@@ -68,7 +73,7 @@ __all__ = [
 class Broadcast(NamedTuple):
     """What the server sends back after a round."""
 
-    factors: Any  # pytree like `clients`: LoRAFactors with leading client axis (m, ...)
+    factors: Any  # like `clients`: one copy b (d, r), a (r, k) if traits.one_start, else (m, ...)
     base_delta: Any  # pytree like `clients` of (d, k) dense corrections (peft orientation), or None
 
 
@@ -122,11 +127,15 @@ class ABO(NamedTuple):
         -> (Broadcast, state, diagnostics)``.
       traits: :class:`Traits` (defaults: global, no base correction, one rank, both factors
         trained).
+      streamed: ``None``, or a :class:`~abo_jax.aggregation.Streamed` form of ``aggregate`` that
+        accumulates weighted sums over client groups (global operators whose aggregate depends on
+        the clients through such sums: PS, SP, FedAvg), used by ``abo_jax.streamed_groups``.
     """
 
     init: Callable[..., Any]
     aggregate: Callable[..., tuple[Broadcast, Any, dict[str, jax.Array]]]
     traits: Traits = Traits()
+    streamed: Any = None  # a Streamed form (aggregation over client groups as they finish), or None
 
 
 def _check_floating(x: Any, where: str) -> None:
@@ -169,9 +178,43 @@ def num_clients(tree: Any) -> int:
     return int(leaves[0].shape[0])
 
 
-def tree_bytes_per_client(tree: Any) -> int:
-    """Bytes of one client's slice of ``tree`` (every leaf has a leading client axis)."""
-    return int(sum(np.prod(x.shape[1:]) * x.dtype.itemsize for x in jax.tree.leaves(tree)))
+def tree_bytes_per_client(tree: Any, *, leading: int = 1) -> int:
+    """Bytes of one client's part of ``tree``: each leaf without its ``leading`` axes.
+
+    ``leading=1`` for a stacked client tree ``(m, ...)``; ``leading=0`` for one copy that every
+    client receives (a global broadcast).
+    """
+    return int(sum(np.prod(x.shape[leading:]) * x.dtype.itemsize for x in jax.tree.leaves(tree)))
+
+
+def check_broadcast_form(clients: Any, factors: Any, *, one_copy: bool) -> None:
+    """Raises unless ``factors`` is in the form the operator declares (static shapes only).
+
+    Args:
+      clients: the stacked client tree given to ``aggregate`` (leading axis ``m``).
+      factors: ``broadcast.factors``.
+      one_copy: the operator declares :attr:`Traits.one_start`: ``factors`` is one copy (every leaf
+        is a client leaf without its client axis); otherwise one start per client (same shapes).
+    """
+    is_node = lambda x: x is None or is_lora(x)
+    c_nodes, c_def = jax.tree.flatten(clients, is_leaf=is_node)
+    f_nodes, f_def = jax.tree.flatten(factors, is_leaf=is_node)
+    if c_def != f_def:
+        raise ValueError(
+            f"operator: broadcast.factors has tree structure {f_def}, the clients {c_def}"
+        )
+    for path_c, (c, f) in enumerate(zip(c_nodes, f_nodes, strict=True)):
+        for x, y in zip(jax.tree.leaves(c), jax.tree.leaves(f), strict=True):
+            want = tuple(x.shape[1:]) if one_copy else tuple(x.shape)
+            if tuple(y.shape) != want:
+                form = "one copy (no client axis)" if one_copy else "one start per client"
+                traits = "global, one rank" if one_copy else "personalized or heterogeneous-rank"
+                raise ValueError(
+                    f"operator: broadcast.factors node #{path_c} has shape {tuple(y.shape)}; an "
+                    f"operator whose traits say {traits} returns {form}, shape {want}. Return that "
+                    "form, or declare the operator's traits (Traits(personalized=True) / "
+                    "client_ranks=...)"
+                )
 
 
 def is_concrete(*trees: Any) -> bool:
@@ -307,6 +350,7 @@ def make_abo(
     require_lora: bool = True,
     bytes_fn: Callable[[Any, Broadcast], tuple[float, float]] | None = None,
     traits: Traits | None = None,
+    streamed: Any = None,
 ) -> ABO:
     """Builds an :class:`ABO` from a core ``(clients, weights, state) -> (broadcast, state, diag)``.
 
@@ -324,13 +368,16 @@ def make_abo(
       bytes_fn: ``(clients, broadcast) -> (bytes up, bytes down)`` per participating client; by
         default every client leaf goes up and every broadcast factor (plus ``base_delta``) comes down.
       traits: what the operator declares about itself (:class:`Traits`; default ``Traits()``).
+      streamed: an optional :class:`~abo_jax.aggregation.Streamed` form of the same maths.
 
     Example:
-      >>> def core(clients, weights, state):
-      ...     mean = weighted_sum(clients, weights)
-      ...     return Broadcast(broadcast_to_clients(mean, weights.shape[0]), None), state, {}
+      >>> def core(clients, weights, state):  # a global operator: one copy for everyone
+      ...     return Broadcast(weighted_sum(clients, weights), None), state, {}
       >>> my_ps = make_abo(lambda clients, key=None: EmptyState(), core)
     """
+
+    traits = Traits() if traits is None else traits
+    one_copy = traits.one_start
 
     def aggregate(clients, weights, state=None, *, normalize: bool = False):
         # Shapes are static, so they are checked even under jit; values only when concrete.
@@ -346,12 +393,13 @@ def make_abo(
             if normalize:
                 weights = weights / jnp.sum(weights)
         broadcast, state, diag = core(clients, weights, state)
+        check_broadcast_form(clients, broadcast.factors, one_copy=one_copy)
         diag = dict(diag)
         up, down = diag.pop("bytes_up", None), diag.pop("bytes_down", None)
         if up is None or down is None:
             if bytes_fn is None:
                 up = tree_bytes_per_client(clients)
-                down = tree_bytes_per_client(broadcast.factors) + sum(
+                down = tree_bytes_per_client(broadcast.factors, leading=0 if one_copy else 1) + sum(
                     x.size * x.dtype.itemsize for x in jax.tree.leaves(broadcast.base_delta)
                 )
             else:
@@ -366,7 +414,9 @@ def make_abo(
         }
         return broadcast, state, diag
 
-    return ABO(init=init, aggregate=aggregate, traits=Traits() if traits is None else traits)
+    if streamed is not None and not traits.one_start:
+        raise ValueError("streamed: only a global operator (traits.one_start) has a streamed form")
+    return ABO(init=init, aggregate=aggregate, traits=traits, streamed=streamed)
 
 
 def stateless_init(clients: Any = None, *, key: jax.Array | None = None) -> EmptyState:
@@ -388,7 +438,7 @@ def stack_layer_values(values: list[jax.Array]) -> jax.Array:
 class LayerResult(NamedTuple):
     """What an operator computes for one adapted layer (used with :func:`aggregate_layers`)."""
 
-    factors: LoRAFactors  # b (m, d, r), a (m, r, k): next round's starting factors
+    factors: LoRAFactors  # next round's start: one copy b (d, r), a (r, k), or per client (m, ...)
     base_delta: jax.Array | None = (
         None  # (d, k) dense correction for W0 (peft orientation), or None
     )
@@ -402,8 +452,30 @@ def _nbytes(x: Any, *, leading: int = 0) -> int:
 
 
 def mean_broadcast(x: jax.Array, weights: jax.Array) -> jax.Array:
-    """``sum_i p_i x_i`` repeated on the client axis: FedAvg of a dense leaf ``(m, ...)``."""
+    """``sum_i p_i x_i`` repeated on the client axis: FedAvg of a dense leaf ``(m, ...)`` for an
+    operator that returns one start per client."""
     return broadcast_to_clients(weighted_sum(x, weights), x.shape[0])
+
+
+def stack_layer_diags(layer_diags: list[dict]) -> dict[str, jax.Array]:
+    """Per-layer diagnostics stacked over the layers (leading axis ``L``, tree order).
+
+    Entries of different shapes (per rank component of layers with different ranks) are
+    zero-padded to the largest.
+    """
+    diag = {}
+    if layer_diags:
+        for key in layer_diags[0]:
+            values = [jnp.asarray(dg[key]) for dg in layer_diags]
+            shape = tuple(max(dims) for dims in zip(*(v.shape for v in values), strict=True))
+            values = [
+                v
+                if v.shape == shape
+                else jnp.pad(v, [(0, n - w) for n, w in zip(shape, v.shape, strict=True)])
+                for v in values
+            ]
+            diag[key] = jnp.stack(values)
+    return diag
 
 
 def aggregate_layers(
@@ -411,7 +483,8 @@ def aggregate_layers(
     weights: jax.Array,
     lora_fn: Callable[[LoRAFactors, int], LayerResult],
     *,
-    dense_fn: Callable[[jax.Array, jax.Array], jax.Array] = mean_broadcast,
+    per_client: bool = False,
+    dense_fn: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
 ) -> tuple[Broadcast, dict[str, jax.Array]]:
     """Runs an operator layer by layer over a client tree (a Python loop over layers, never clients).
 
@@ -419,8 +492,12 @@ def aggregate_layers(
       clients: pytree with :class:`~abo_jax.LoRAFactors` nodes ``b (m, d, r)``, ``a (m, r, k)`` and
         optionally dense array leaves ``(m, ...)``; ``None`` = frozen.
       weights: ``(m,)``.
-      lora_fn: ``(factors, layer_index) -> LayerResult`` for each LoRA node in tree order.
-      dense_fn: ``(leaf, weights) -> (m, ...)`` for the other leaves (default: weighted mean).
+      lora_fn: ``(factors, layer_index) -> LayerResult`` for each LoRA node in tree order; its
+        factors are one copy (``b (d, r)``, ``a (r, k)``) unless ``per_client``.
+      per_client: the operator returns one start per client (personalized or heterogeneous-rank
+        operators); by default the broadcast is one copy (a global operator).
+      dense_fn: ``(leaf (m, ...), weights) -> broadcast leaf`` for the other leaves (default: the
+        weighted mean, one copy or repeated per client as ``per_client`` says).
 
     Returns:
       ``(Broadcast, diag)``: ``base_delta`` is ``None`` when no layer returned one (else a tree like
@@ -429,6 +506,9 @@ def aggregate_layers(
       with different ranks, are zero-padded to the largest) and holds the total ``bytes_up`` /
       ``bytes_down`` per client.
     """
+    if dense_fn is None:
+        dense_fn = mean_broadcast if per_client else weighted_sum
+    leading = 1 if per_client else 0
     nodes, treedef = jax.tree.flatten(clients, is_leaf=is_lora)
     out_factors, out_delta, layer_diags = [], [], []
     up, down = 0, 0
@@ -447,7 +527,9 @@ def aggregate_layers(
                 else res.bytes_up
             )
             down = down + (
-                _nbytes(res.factors.b, leading=1) + _nbytes(res.factors.a, leading=1) + delta_bytes
+                _nbytes(res.factors.b, leading=leading)
+                + _nbytes(res.factors.a, leading=leading)
+                + delta_bytes
                 if res.bytes_down is None
                 else res.bytes_down
             )
@@ -459,19 +541,7 @@ def aggregate_layers(
     factors = jax.tree.unflatten(treedef, out_factors)
     has_delta = any(d is not None for d in out_delta)
     base_delta = jax.tree.unflatten(treedef, out_delta) if has_delta else None
-    diag = {}
-    if layer_diags:
-        for key in layer_diags[0]:
-            values = [jnp.asarray(dg[key]) for dg in layer_diags]
-            # Layers of different ranks give per-component entries of different lengths: zero-pad.
-            shape = tuple(max(dims) for dims in zip(*(v.shape for v in values), strict=True))
-            values = [
-                v
-                if v.shape == shape
-                else jnp.pad(v, [(0, n - w) for n, w in zip(shape, v.shape, strict=True)])
-                for v in values
-            ]
-            diag[key] = jnp.stack(values)
+    diag = stack_layer_diags(layer_diags)
     diag["bytes_up"] = jnp.asarray(up, jnp.result_type(float))
     diag["bytes_down"] = jnp.asarray(down, jnp.result_type(float))
     return Broadcast(factors=factors, base_delta=base_delta), diag

@@ -19,6 +19,7 @@ from abo_jax.aggregation._base import (
     stateless_init,
     weighted_sum,
 )
+from abo_jax.aggregation._streamed import linear_streamed
 from abo_jax.lora import LoRAFactors, is_lora, lora_leaves
 
 __all__ = ["fedavg_full", "merge_clients", "merge_broadcast", "fedavg_gap"]
@@ -34,13 +35,13 @@ def fedavg_full() -> ABO:
     exact LoRA operator must reproduce (see :func:`fedavg_gap`).
 
     Returns:
-      An :class:`ABO` (stateless); ``broadcast.factors`` holds the averaged dense tree repeated on
-      the client axis, ``base_delta`` is ``None``. Bytes per client: every leaf, up and down.
+      An :class:`ABO` (stateless); ``broadcast.factors`` holds the averaged dense tree (one copy,
+      no client axis), ``base_delta`` is ``None``. Bytes per client: every leaf, up and down.
 
     Example:
       >>> w = {"kernel": jnp.stack([jnp.zeros((3, 2)), jnp.ones((3, 2))])}
       >>> bc, _, _ = fedavg_full().aggregate(w, jnp.array([.5, .5]))
-      >>> float(bc.factors["kernel"][0, 0, 0])
+      >>> float(bc.factors["kernel"][0, 0])
       0.5
 
     References:
@@ -53,11 +54,11 @@ def fedavg_full() -> ABO:
                 "clients: fedavg_full averages dense weights; merge LoRAFactors first "
                 "(merge_clients(base, clients, scale))"
             )
-        m = weights.shape[0]
-        mean = broadcast_to_clients(weighted_sum(clients, weights), m)
-        return Broadcast(factors=mean, base_delta=None), state, {}
+        return Broadcast(factors=weighted_sum(clients, weights), base_delta=None), state, {}
 
-    return make_abo(stateless_init, core, require_lora=False)
+    # Streamed over client groups: every leaf is dense, so the sums are the averages.
+    streamed = linear_streamed(None, None)
+    return make_abo(stateless_init, core, require_lora=False, streamed=streamed)
 
 
 def _scale_per_layer(scale: Any, clients: Any) -> list[Any]:
@@ -99,18 +100,31 @@ def merge_clients(base: Any, clients: Any, scale: Any = 1.0) -> Any:
     return jax.tree.map(one, clients, base, is_leaf=is_lora)
 
 
-def merge_broadcast(base: Any, broadcast: Broadcast, scale: Any = 1.0) -> Any:
+def merge_broadcast(
+    base: Any, broadcast: Broadcast, scale: Any = 1.0, *, num_clients: int | None = None
+) -> Any:
     """Each client's model after an ABO: ``W0 + base_delta + s_i P_i Q_i`` at every LoRA node.
 
     Args:
       base: as in :func:`merge_clients`.
-      broadcast: an ABO's :class:`Broadcast` (``factors`` with leading axis ``m``).
+      broadcast: an ABO's :class:`Broadcast`: one copy (a global operator's, ``b (d, r)``) or
+        ``factors`` with leading axis ``m``.
       scale: as in :func:`merge_clients` (the scale the clients apply next round).
+      num_clients: ``m``, needed to repeat a one-copy broadcast for every client.
 
     Returns:
-      A tree like ``broadcast.factors`` with ``(m, d, k)`` dense weights at the LoRA nodes.
+      A tree like the clients' with ``(m, d, k)`` dense weights at the LoRA nodes.
     """
-    merged = merge_clients(base, broadcast.factors, scale)
+    factors = broadcast.factors
+    one_copy = any(f.b.ndim == 2 for f in lora_leaves(factors))
+    if one_copy:
+        if num_clients is None:
+            raise ValueError(
+                "num_clients: a one-copy broadcast (a global operator's) needs the number of "
+                "clients it reaches to be repeated for each"
+            )
+        factors = broadcast_to_clients(factors, int(num_clients))
+    merged = merge_clients(base, factors, scale)
     if broadcast.base_delta is None:
         return merged
 
@@ -144,7 +158,7 @@ def fedavg_gap(
       ``(L, m)``: per adapted layer (tree order) and client.
     """
     target = merge_clients(base, clients, scale)
-    ours = merge_broadcast(base, broadcast, scale)
+    ours = merge_broadcast(base, broadcast, scale, num_clients=weights.shape[0])
     gaps = []
     for f, t, o in zip(
         jax.tree.leaves(clients, is_leaf=is_lora),

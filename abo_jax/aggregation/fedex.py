@@ -13,7 +13,6 @@ from abo_jax.aggregation._base import (
     LayerResult,
     Traits,
     aggregate_layers,
-    broadcast_to_clients,
     check_scale,
     make_abo,
     stateless_init,
@@ -63,7 +62,7 @@ def fedex(scale: float = 1.0) -> ABO:
             # sum_i p_i (B_i - Bbar)(A_i - Abar) == Zbar - Bbar Abar (DESIGN.md identity 4).
             residual = s * jnp.einsum("c,cdr,crk->dk", w, f.b - mean.b[None], f.a - mean.a[None])
             return LayerResult(
-                factors=broadcast_to_clients(mean, f.b.shape[0]),
+                factors=mean,
                 base_delta=residual,
                 diag={"residual_norm": jnp.linalg.norm(residual)},
             )

@@ -52,7 +52,7 @@ def fedsa() -> ABO:
             nbytes = r * k * f.a.dtype.itemsize
             return LayerResult(factors=LoRAFactors(b=f.b, a=a), bytes_up=nbytes, bytes_down=nbytes)
 
-        broadcast, diag = aggregate_layers(clients, weights, one_layer)
+        broadcast, diag = aggregate_layers(clients, weights, one_layer, per_client=True)
         return broadcast, state, diag
 
     return make_abo(stateless_init, core, traits=Traits(personalized=True))

@@ -15,7 +15,6 @@ from abo_jax.aggregation._base import (
     LayerResult,
     Traits,
     aggregate_layers,
-    broadcast_to_clients,
     make_abo,
     weighted_sum,
 )
@@ -67,11 +66,11 @@ def ffa() -> ABO:
     def core(clients, weights, state):
         def one_layer(f: LoRAFactors, _):
             check_frozen_equal(f.a, weights, "A (FFA-LoRA)")
-            m, d, r = f.b.shape
+            _, d, r = f.b.shape
             out = LoRAFactors(b=weighted_sum(f.b, weights), a=reference_copy(f.a, weights))
             nbytes = d * r * f.b.dtype.itemsize
             return LayerResult(
-                factors=broadcast_to_clients(out, m),
+                factors=out,
                 diag={"a_spread": frozen_spread(f.a, weights)},
                 bytes_up=nbytes,
                 bytes_down=nbytes,

@@ -16,7 +16,6 @@ from abo_jax.aggregation._base import (
     LayerResult,
     Traits,
     aggregate_layers,
-    broadcast_to_clients,
     check_scale,
     make_abo,
 )
@@ -93,7 +92,7 @@ def flora(scale: float = 1.0, init: Literal["kaiming", "gaussian"] = "kaiming") 
             )
             itemsize = f.b.dtype.itemsize
             return LayerResult(
-                factors=broadcast_to_clients(fresh, m),
+                factors=fresh,
                 base_delta=delta,
                 diag={"delta_norm": jnp.linalg.norm(delta)},
                 bytes_up=r * (d + k) * itemsize,

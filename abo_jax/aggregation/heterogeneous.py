@@ -73,7 +73,8 @@ def _hetero_abo(client_ranks: Any, alpha: float | None, layer_fn: Callable) -> A
             f = mask_rank(f, jnp.asarray(ranks))
             return layer_fn(f, weights, ranks, scales)
 
-        broadcast, diag = aggregate_layers(clients, weights, one_layer)
+        # One start per client: each is truncated to that client's own rank.
+        broadcast, diag = aggregate_layers(clients, weights, one_layer, per_client=True)
         return broadcast, state, diag
 
     if isinstance(ranks_tree, np.ndarray):  # one (m,) array for every layer: one scale per client

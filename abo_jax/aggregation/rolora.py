@@ -16,7 +16,6 @@ from abo_jax.aggregation._base import (
     LayerResult,
     Traits,
     aggregate_layers,
-    broadcast_to_clients,
     is_concrete,
     make_abo,
     weighted_sum,
@@ -92,7 +91,7 @@ def rolora() -> ABO:
         train_a = rolora_trainable(state).a
 
         def one_layer(f: LoRAFactors, _):
-            m, d, r = f.b.shape
+            _, d, r = f.b.shape
             k = f.a.shape[-1]
             if is_concrete(train_a):  # under jit it is staged even for a concrete state
                 if bool(train_a):
@@ -105,7 +104,7 @@ def rolora() -> ABO:
             spread = jnp.where(train_a, frozen_spread(f.b, weights), frozen_spread(f.a, weights))
             nbytes = jnp.where(train_a, r * k, d * r) * f.b.dtype.itemsize
             return LayerResult(
-                factors=broadcast_to_clients(LoRAFactors(b=b, a=a), m),
+                factors=LoRAFactors(b=b, a=a),
                 diag={"frozen_spread": spread},
                 bytes_up=nbytes,
                 bytes_down=nbytes,

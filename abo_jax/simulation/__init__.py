@@ -22,7 +22,8 @@ Design choices:
 
 * A round is a :class:`FederatedRound` of pure functions of one run; :func:`over_runs`,
   :func:`on_mesh`, :func:`jit_round` and :func:`scan_rounds` take a round and return one, and
-  :func:`client_groups` is a ``map_clients`` value. A jitted round is traced once: everything that
+  :func:`client_groups` and :func:`streamed_groups` (which aggregates each group as it finishes)
+  are ``map_clients`` values. A jitted round is traced once: everything that
   varies across rounds lives in :class:`SimState`.
 * Local training is :func:`client_update` for one client (or any function with its signature,
   passed as ``client_update=``), ``jax.vmap``-ed with the frozen base shared (``in_axes=None``).
@@ -58,6 +59,7 @@ from abo_jax.simulation.federated import (
     SimState,
     client_groups,
     federated_round,
+    streamed_groups,
     vmap_clients,
 )
 from abo_jax.simulation.round import Simulation, make_simulation
@@ -82,6 +84,7 @@ __all__ = [
     "federated_round",
     "vmap_clients",
     "client_groups",
+    "streamed_groups",
     "over_runs",
     "on_mesh",
     "jit_round",

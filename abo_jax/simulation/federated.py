@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from abo_jax.aggregation._base import ABO, Broadcast, broadcast_to_clients
+from abo_jax.aggregation._base import ABO, Broadcast, broadcast_to_clients, check_broadcast_form
 from abo_jax.data._shuffle import stable_partition
 from abo_jax.data.client_data import ClientData
 from abo_jax.distributed import local_values
@@ -50,6 +50,8 @@ __all__ = [
     "federated_round",
     "vmap_clients",
     "client_groups",
+    "streamed_groups",
+    "StreamedGroups",
 ]
 
 
@@ -171,6 +173,52 @@ def client_groups(size: int, mesh=None) -> Callable[[Callable, tuple], Any]:
         return jax.tree.map(merge, out)
 
     return map_clients
+
+
+class StreamedGroups(NamedTuple):
+    """A ``map_clients`` value that aggregates while it trains (see :func:`streamed_groups`)."""
+
+    size: int  # clients per group
+
+
+def streamed_groups(size: int) -> StreamedGroups:
+    """Train the clients in groups of ``size`` and aggregate each group as it finishes.
+
+    Pass it as ``federated_round(..., map_clients=streamed_groups(size))`` with an operator that has
+    a streamed form (``abo.streamed``: :func:`~abo_jax.product_sum`, :func:`~abo_jax.sum_product`,
+    :func:`~abo_jax.fedavg_full`). Each group's weighted sums are added to the operator's as soon as
+    the group has trained, so a round holds the client data, one group's working set and the sums,
+    never the ``m`` trained trees; with ``precompute=False`` the per-example cache is computed per
+    group too. The same numbers as :func:`client_groups` up to float32 summation order (SP takes
+    the dense SVD of the accumulated ``Zbar``). Every client trains (one outside the round has
+    weight 0); the optimizer is fresh every round; ``metrics_fn``, which needs every client's
+    factors, is not available.
+
+    Args:
+      size: clients per group (positive).
+    """
+    size = int(size)
+    if size <= 0:
+        raise ValueError(f"streamed_groups: size must be positive, got {size}")
+    return StreamedGroups(size=size)
+
+
+def _check_streamed(abo: ABO, *, reset_optimizer: bool, metrics_fn: Any) -> None:
+    if abo.streamed is None:
+        raise ValueError(
+            "map_clients=streamed_groups(...): the operator has no streamed form (abo.streamed); "
+            "use product_sum(), sum_product() or fedavg_full(), or client_groups(size)"
+        )
+    if not reset_optimizer:
+        raise ValueError(
+            "map_clients=streamed_groups(...) keeps no per-client optimizer state: use "
+            "reset_optimizer=True, or client_groups(size)"
+        )
+    if metrics_fn is not None:
+        raise ValueError(
+            "map_clients=streamed_groups(...): metrics_fn needs every client's trained factors, "
+            "which a streamed round never holds; use client_groups(size) to record them"
+        )
 
 
 def _client_spec(mesh, axis: int):
@@ -365,14 +413,17 @@ def _make_init_state(spec: _Spec) -> Callable[..., SimState]:
 def _check_declared_traits(spec: _Spec, init_state, *args) -> None:
     """What the operator does must be what it declares (checked on shapes, nothing computed)."""
 
+    one_start = spec.abo.traits.one_start
+
     def aggregate_once(*args):
         state = init_state(*args)
         m = state.weights.shape[0]
-        clients = broadcast_to_clients(state.clients, m) if spec.abo.traits.one_start else None
-        clients = state.clients if clients is None else clients
-        return spec.abo.aggregate(clients, state.weights, state.abo_state)
+        clients = broadcast_to_clients(state.clients, m) if one_start else state.clients
+        return clients, spec.abo.aggregate(clients, state.weights, state.abo_state)[0]
 
-    broadcast, _, _ = jax.eval_shape(aggregate_once, *args)
+    clients, broadcast = jax.eval_shape(aggregate_once, *args)
+    # A hand-written ABO(init, aggregate) is not checked by make_abo: its form is checked here.
+    check_broadcast_form(clients, broadcast.factors, one_copy=one_start)
     if jax.tree.leaves(broadcast.base_delta) and not spec.abo.traits.corrects_base:
         raise ValueError(
             "abo: the operator returns a base_delta but does not declare it; build it with "
@@ -404,9 +455,8 @@ def _make_check_init(spec: _Spec, init_state: Callable) -> Callable[..., tuple]:
     return check_init
 
 
-def _train_round_clients(spec: _Spec, state: SimState, data: ClientData, inputs, keys, taking_part):
-    """Local training of every client (or only the sampled ones) and the kept results."""
-    m = data.y.shape[0]
+def _local_training(spec: _Spec, state: SimState) -> Callable:
+    """``train_from(start, inputs, labels, mask, key, scale, opt_state)``: ONE client's update."""
     mask_tree = _resolve_mask(
         spec.trainable_mask, spec.abo, state.abo_state, state.round, state.clients.lora
     )
@@ -430,6 +480,13 @@ def _train_round_clients(spec: _Spec, state: SimState, data: ClientData, inputs,
             loss_fn=spec.loss_fn,
         )
 
+    return train_from
+
+
+def _train_round_clients(spec: _Spec, state: SimState, data: ClientData, inputs, keys, taking_part):
+    """Local training of every client (or only the sampled ones) and the kept results."""
+    m = data.y.shape[0]
+    train_from = _local_training(spec, state)
     per_client = (inputs, data.y, data.mask, keys, state.lora_scale, state.opt_state)
     if spec.abo.traits.one_start:  # one start for everyone: shared by the vmap, not copied
         starts = broadcast_to_clients(state.clients, m)
@@ -465,6 +522,44 @@ def _train_round_clients(spec: _Spec, state: SimState, data: ClientData, inputs,
     return trained, opt_state, update.train_loss
 
 
+def _train_and_aggregate_in_groups(
+    spec: _Spec, state: SimState, data: ClientData, inputs, keys, weights, prepare_clients
+):
+    """Trains the clients group after group, adding each group's sums to ``abo.streamed``.
+
+    A round then holds one group's trained trees (and its per-example cache when ``inputs`` is
+    ``None``), never the ``m`` of them. The last group, when ``size`` does not divide ``m``, is
+    read from ``m - size`` on; the clients it repeats get weight 0 there.
+    """
+    m = data.y.shape[0]
+    size = min(spec.map_clients.size, m)
+    groups = -(-m // size)
+    streamed = spec.abo.streamed
+    train_from = _local_training(spec, state)
+    source = data.x if inputs is None else inputs
+    per_client = (source, data.y, data.mask, keys, state.lora_scale, weights)
+
+    def body(g, carry):
+        sums, losses = carry
+        start = jnp.minimum(g * size, m - size)
+        take = lambda x: jax.lax.dynamic_slice_in_dim(x, start, size, axis=0)
+        x, y, mask, k, scale, w = jax.tree.map(take, per_client)
+        fresh = start + jnp.arange(size) >= g * size  # not already counted by the group before
+        group_inputs = prepare_clients(state.frozen, x) if inputs is None else x
+        train = lambda *rest: train_from(state.clients, *rest, None)
+        update = jax.vmap(train)(group_inputs, y, mask, k, scale)
+        sums = streamed.add(sums, update.trainable, jnp.where(fresh, w, jnp.zeros_like(w)))
+        old = jax.lax.dynamic_slice_in_dim(losses, start, size)
+        new = jnp.where(fresh, update.train_loss.astype(losses.dtype), old)
+        return sums, jax.lax.dynamic_update_slice_in_dim(losses, new, start, axis=0)
+
+    sums = streamed.zeros(state.clients)
+    losses = jnp.zeros((m,), jnp.result_type(float))
+    sums, losses = jax.lax.fori_loop(0, groups, body, (sums, losses))
+    broadcast, abo_state, diag = streamed.finish(sums, weights, state.abo_state, state.clients)
+    return broadcast, abo_state, diag, losses
+
+
 def _make_apply(spec: _Spec, prepare_clients: Callable) -> Callable:
     model, abo = spec.model, spec.abo
 
@@ -474,14 +569,20 @@ def _make_apply(spec: _Spec, prepare_clients: Callable) -> Callable:
         k_next, k_sample, client_keys = keys[0], keys[1], keys[2:]
         taking_part = spec.sampling.sample(k_sample, m)
         weights = participation_weights(state.weights, taking_part)
-        if inputs is None:
-            inputs = prepare_clients(state.frozen, data.x)
-        trained, opt_state, losses = _train_round_clients(
-            spec, state, data, inputs, client_keys, taking_part
-        )
-        # The whole trainable tree travels through the operator (dense leaves such as biases are
-        # FedAvg-ed by it), so its byte counts include everything a client sends and receives.
-        broadcast, abo_state, diag = abo.aggregate(trained, weights, state.abo_state)
+        if isinstance(spec.map_clients, StreamedGroups):
+            broadcast, abo_state, diag, losses = _train_and_aggregate_in_groups(
+                spec, state, data, inputs, client_keys, weights, prepare_clients
+            )
+            trained, opt_state = None, None
+        else:
+            if inputs is None:
+                inputs = prepare_clients(state.frozen, data.x)
+            trained, opt_state, losses = _train_round_clients(
+                spec, state, data, inputs, client_keys, taking_part
+            )
+            # The whole trainable tree travels through the operator (dense leaves such as biases
+            # are FedAvg-ed by it), so its byte counts include everything a client sends.
+            broadcast, abo_state, diag = abo.aggregate(trained, weights, state.abo_state)
         delta = broadcast.base_delta
         lora_broadcast = Broadcast(
             factors=broadcast.factors.lora, base_delta=None if delta is None else delta.lora
@@ -498,9 +599,7 @@ def _make_apply(spec: _Spec, prepare_clients: Callable) -> Callable:
             round=state.round + 1,
             key=k_next,
             frozen=model.fold(state.frozen, lora_broadcast.base_delta),
-            clients=jax.tree.map(lambda x: x[0], broadcast.factors)
-            if abo.traits.one_start
-            else broadcast.factors,
+            clients=broadcast.factors,  # one copy for a global operator (its declared form)
             abo_state=abo_state,
             opt_state=opt_state,
         )
@@ -571,7 +670,8 @@ def federated_round(
       train_only_sampled: with a fixed-count sampler, train only the sampled clients (gathered,
         mapped, scattered back); the same numbers either way.
       map_clients: ``(train, per_client) -> results``: how the one-client ``train`` runs over the
-        client axis: :func:`vmap_clients` (default) or :func:`client_groups`.
+        client axis: :func:`vmap_clients` (default) or :func:`client_groups`; or
+        :func:`streamed_groups`, which aggregates each group as it finishes.
 
     Returns:
       A :class:`FederatedRound` of un-jitted functions: wrap it with :func:`~abo_jax.jit_round`
@@ -588,6 +688,8 @@ def federated_round(
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     if not callable(client_update):
         raise ValueError(f"client_update: expected a function, got {type(client_update).__name__}")
+    if isinstance(map_clients, StreamedGroups):
+        _check_streamed(abo, reset_optimizer=reset_optimizer, metrics_fn=metrics_fn)
     optimizer = paper_sgd() if optimizer is None else optimizer
     make_optimizer = optimizer if callable(optimizer) and not hasattr(optimizer, "update") else None
     spec = _Spec(

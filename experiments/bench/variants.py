@@ -40,7 +40,6 @@ from abo_jax.aggregation import (
     EmptyState,
     LayerResult,
     aggregate_layers,
-    broadcast_to_clients,
     make_abo,
     split_svd,
 )
@@ -123,7 +122,7 @@ def sum_product_with_svd(svd) -> abo_jax.ABO:
     """SP (``abo_jax.sum_product()``'s maths, the same operations) with its SVD taken by ``svd``."""
 
     def one_layer(f, weights):
-        m, d, r = f.b.shape
+        m, d, r = f.b.shape  # noqa: F841 (m used below)
         k = f.a.shape[-1]
         if m * r < min(d, k):  # the stacked path: QRs of the stacked factors, SVD of the core
             bs = jnp.transpose(weights.astype(f.b.dtype)[:, None, None] * f.b, (1, 0, 2))
@@ -134,7 +133,7 @@ def sum_product_with_svd(svd) -> abo_jax.ABO:
         else:
             u, s, vt = svd(jnp.einsum("c,cdr,crk->dk", weights.astype(f.b.dtype), f.b, f.a))
         out = split_svd(u, s, vt, r, r)
-        return LayerResult(broadcast_to_clients(out, m), diag={"sp_tail": jnp.sum(s[r:] ** 2)})
+        return LayerResult(out, diag={"sp_tail": jnp.sum(s[r:] ** 2)})
 
     def core(clients, weights, state):
         broadcast, diag = aggregate_layers(clients, weights, lambda f, _: one_layer(f, weights))

@@ -189,7 +189,7 @@ def loops(spec: RoundSpec, s: Setup, *, seed: int = 0):
     @jax.jit
     def server(trained):
         broadcast, _, _ = abo_jax.product_sum().aggregate(trained, weights)
-        return one_copy(broadcast.factors, s.one)
+        return broadcast.factors  # one copy: a global operator's broadcast
 
     @jax.jit
     def update(inputs, labels, mask, key):

@@ -64,8 +64,10 @@ print("weights p =", np.round(P_w, 3), " sum =", P_w.sum())
 # ## The ABO signature, SP and PS
 #
 # An ABO is a pair of pure functions: `state = op.init(clients, key=key)` and
-# `broadcast, state, diagnostics = op.aggregate(clients, weights, state)`. `broadcast.factors` has the
-# clients' shapes (one copy per client; identical copies for a global operator).
+# `broadcast, state, diagnostics = op.aggregate(clients, weights, state)`. A global operator (SP, PS
+# and every operator that sends all clients the same start) returns ONE copy in `broadcast.factors`,
+# the clients' shapes without the client axis; a personalized or heterogeneous-rank one returns one
+# start per client, `(m, ...)`, and says so in its `traits`.
 #
 # **SP (Sum-Product, sum of products).** Average the products, then factor their best rank-$r$
 # approximation, splitting the singular values evenly:
@@ -86,15 +88,14 @@ zbar = np.einsum("c,cdr,crk->dk", P_w, B, A)
 u, s, vt = np.linalg.svd(zbar)
 best_r = (u[:, :r] * s[:r]) @ vt[:r]  # the best rank-r approximation of Zbar
 
-P_sp, Q_sp = np.asarray(bc_sp.factors["w"].b[0]), np.asarray(bc_sp.factors["w"].a[0])
-P_ps, Q_ps = np.asarray(bc_ps.factors["w"].b[0]), np.asarray(bc_ps.factors["w"].a[0])
+P_sp, Q_sp = np.asarray(bc_sp.factors["w"].b), np.asarray(bc_sp.factors["w"].a)
+P_ps, Q_ps = np.asarray(bc_ps.factors["w"].b), np.asarray(bc_ps.factors["w"].a)
 np.testing.assert_allclose(P_sp @ Q_sp, best_r, rtol=1e-10, atol=1e-12)
 np.testing.assert_allclose(P_ps, np.einsum("c,cdr->dr", P_w, B), rtol=1e-12)
 np.testing.assert_allclose(Q_ps, np.einsum("c,crk->rk", P_w, A), rtol=1e-12)
-# every client receives the same pair
-assert np.allclose(bc_sp.factors["w"].b, P_sp[None]) and np.allclose(
-    bc_ps.factors["w"].a, Q_ps[None]
-)
+# one pair that every client receives: the clients' shapes without the client axis
+assert P_sp.shape == P_ps.shape == B.shape[1:] and Q_sp.shape == Q_ps.shape == A.shape[1:]
+assert sp.traits.one_start and ps.traits.one_start
 print("SP product == rank-r SVD of Zbar; PS factors == weighted means")
 print("diagnostics of SP:", {k_: np.asarray(v) for k_, v in diag_sp.items()})
 
@@ -254,7 +255,7 @@ np.testing.assert_allclose(  # the clients' products are unchanged
 
 def broadcast_product(op, cl):
     bc, _, _ = op.aggregate(cl, p, op.init(cl))
-    return np.asarray(bc.factors["w"].b[0] @ bc.factors["w"].a[0])
+    return np.asarray(bc.factors["w"].b @ bc.factors["w"].a)
 
 
 sp_change = np.linalg.norm(broadcast_product(sp, regauged) - broadcast_product(sp, clients))

@@ -417,10 +417,8 @@ def client_zero_only() -> abo.ABO:
     """Broadcasts client 0's factors to every client (a deliberately wrong operator)."""
 
     def core(clients, weights, state):
-        def one(f):
-            return abo.aggregation.broadcast_to_clients(
-                abo.LoRAFactors(f.b[0], f.a[0]), f.b.shape[0]
-            )
+        def one(f):  # one copy: a global operator's broadcast
+            return abo.LoRAFactors(f.b[0], f.a[0])
 
         factors = jax.tree.map(one, clients, is_leaf=lambda x: isinstance(x, abo.LoRAFactors))
         return abo.Broadcast(factors, None), state, {}

@@ -14,7 +14,8 @@
 # * `clients`: a pytree whose `LoRAFactors` leaves carry a leading client axis, `b (m, d, r)`,
 #   `a (m, r, k)`;
 # * `weights`: `(m,)`, $p_i \ge 0$, $\sum_i p_i = 1$ (a client outside the round has weight 0);
-# * `broadcast.factors`: every client's starting factors for the next round (same tree and shapes);
+# * `broadcast.factors`: the next round's start: one copy for a global operator (the clients' tree
+#   without the client axis), one per client for a personalized one (declared in its `traits`);
 #   `broadcast.base_delta`: an optional dense correction folded into the frozen weights.
 #
 # This notebook writes a new operator in a few lines, checks it against its formula, trains with it in
@@ -72,7 +73,7 @@ def sp_ps_blend(lam: float) -> abo.ABO:
 
     def core(clients, weights, state):
         def one_layer(f: abo.LoRAFactors, layer_index):
-            m, d, r = f.b.shape
+            r = f.b.shape[-1]  # the clients: b (m, d, r), a (m, r, k)
             w = weights.astype(f.b.dtype)
             zbar = jnp.einsum("c,cdr,crk->dk", w, f.b, f.a)  # sum of products
             mean = abo.aggregation.weighted_sum(f, w)  # LoRAFactors(Bbar, Abar)
@@ -82,9 +83,7 @@ def sp_ps_blend(lam: float) -> abo.ABO:
             u, s, vt = abo.linalg.svd(target)
             factors = abo.aggregation.split_svd(u, s, vt, r, r)  # U_r S_r^1/2, S_r^1/2 V_r^T
             return abo.aggregation.LayerResult(
-                factors=abo.aggregation.broadcast_to_clients(
-                    factors, m
-                ),  # the same pair for every client
+                factors=factors,  # one pair, the same for every client (a global operator)
                 diag={"blend_tail": jnp.sum(s[r:] ** 2)},  # what the rank-r truncation dropped
             )
 
@@ -112,7 +111,7 @@ weights = jax.random.dirichlet(kw, jnp.ones(m))
 def product(op):
     bc, _, diag = op.aggregate(clients, weights, op.init(clients))
     f = bc.factors["w"]
-    return np.asarray(f.b[0] @ f.a[0]), diag
+    return np.asarray(f.b @ f.a), diag
 
 
 sp_prod, _ = product(abo.sum_product())

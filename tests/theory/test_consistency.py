@@ -161,7 +161,7 @@ def test_single_copy_broadcast_accepted():
     ("factory", "match"),
     [
         (wo.returns_none, "returned None"),
-        (wo.no_client_axis_wrong_shape, "expected one global copy"),
+        (wo.no_client_axis_wrong_shape, "one copy .no client axis., shape"),
         (wo.wrong_structure, "tree structure"),
     ],
 )

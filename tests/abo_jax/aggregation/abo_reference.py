@@ -75,8 +75,28 @@ def pad_rank(b, a, ranks):
     return b, a
 
 
-def products(factors: LoRAFactors, scales=None) -> np.ndarray:
-    """``(m, d, k)`` products ``s_i P_i Q_i`` of a broadcast (NumPy)."""
+def starts(factors, m: int):
+    """A global operator's broadcast (one copy, no client axis) as every client's start ``(m, ...)``.
+
+    Asserts the one-copy form, so a test that uses it also checks what the operator declares.
+    """
+    if isinstance(factors, LoRAFactors):
+        b, a = np.asarray(factors.b), np.asarray(factors.a)
+        assert b.ndim == 2 and a.ndim == 2, f"not one copy: b {b.shape}, a {a.shape}"
+        return LoRAFactors(np.broadcast_to(b, (m, *b.shape)), np.broadcast_to(a, (m, *a.shape)))
+    x = np.asarray(factors)
+    return np.broadcast_to(x, (m, *x.shape))
+
+
+def products(factors: LoRAFactors, scales=None, *, m: int | None = None) -> np.ndarray:
+    """``(m, d, k)`` products ``s_i P_i Q_i`` of a broadcast (NumPy).
+
+    A one-copy broadcast (a global operator's, ``b (d, r)``) needs ``m``: the clients it reaches.
+    """
+    if np.ndim(factors.b) == 2:
+        if m is None:
+            raise ValueError("products: a one-copy broadcast needs m (the number of clients)")
+        factors = starts(factors, m)
     b, a = np.asarray(factors.b), np.asarray(factors.a)
     out = np.stack([b[i] @ a[i] for i in range(b.shape[0])])
     if scales is not None:

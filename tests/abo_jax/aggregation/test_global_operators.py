@@ -12,6 +12,7 @@ from abo_reference import (
     draw_weights,
     jitted,
     ps,
+    starts,
     svd_truncate,
     zbar,
 )
@@ -36,7 +37,7 @@ def test_sum_product_is_svd_truncation_of_zbar(shape, zero):
     m, d, k, r = shape
     for rank in sorted({1, r}):
         bc, _, diag = cached(aj.sum_product, rank=rank)(as_tree(b, a), jnp.asarray(p))
-        f = bc.factors["layer"]
+        f = starts(bc.factors["layer"], len(p))
         expected, tail = svd_truncate(zbar(b, a, p), rank)
         for i in range(m):  # compare by products: SVD signs and rotations are arbitrary
             np.testing.assert_allclose(f.b[i] @ f.a[i], expected, rtol=1e-10, atol=1e-10)
@@ -51,7 +52,7 @@ def test_product_sum_averages_factors(shape, zero):
     _, b, a, p = _setup(shape, zero)
     bc, _, _ = cached(aj.product_sum)(as_tree(b, a), jnp.asarray(p))
     bbar, abar = ps(b, a, p)
-    f = bc.factors["layer"]
+    f = starts(bc.factors["layer"], len(p))
     np.testing.assert_allclose(f.b, np.broadcast_to(bbar, f.b.shape), rtol=1e-12)
     np.testing.assert_allclose(f.a, np.broadcast_to(abar, f.a.shape), rtol=1e-12)
 
@@ -68,7 +69,7 @@ def test_fedex_residual_is_exact_and_not_transposed(shape, zero):
     assert delta.shape == (d, k)
     np.testing.assert_allclose(delta, s * (zbar(b, a, p) - bbar @ abar), rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(diag["residual_norm"], [np.linalg.norm(delta)], rtol=1e-12)
-    f = bc.factors["layer"]
+    f = starts(bc.factors["layer"], len(p))
     for i in range(m):
         merged = w0 + delta + s * np.asarray(f.b[i] @ f.a[i])
         np.testing.assert_allclose(merged, w0 + s * zbar(b, a, p), rtol=1e-10, atol=1e-12)
@@ -88,7 +89,7 @@ def test_fedex_square_layer_merged_through_a_flax_kernel():
     kernel = rng.normal(size=(d, d))  # (k, d) flax layout
     bc, _, _ = jitted(aj.fedex(scale=s))(as_tree(b, a), jnp.asarray(p))
     params = aj.lora.add_delta_tree({"layer": jnp.asarray(kernel)}, bc.base_delta)
-    f0 = aj.LoRAFactors(bc.factors["layer"].b[0], bc.factors["layer"].a[0])
+    f0 = bc.factors["layer"]  # one copy: what every client receives
     merged = aj.lora.merge_lora_tree(params, {"layer": f0}, s)["layer"]
     x = rng.normal(size=(4, d))
     np.testing.assert_allclose(
@@ -106,7 +107,7 @@ def test_flora_merges_exact_sum_and_restarts(shape, zero):
     agg = jitted(abo)
     bc, state1, diag = agg(as_tree(b, a), jnp.asarray(p), state)
     np.testing.assert_allclose(bc.base_delta["layer"], s * zbar(b, a, p), rtol=1e-10, atol=1e-12)
-    f = bc.factors["layer"]
+    f = starts(bc.factors["layer"], len(p))
     np.testing.assert_array_equal(f.b, 0.0)
     assert np.all(np.abs(f.a) <= 1.0 / np.sqrt(k)) and np.std(f.a) > 0
     np.testing.assert_array_equal(f.a, np.broadcast_to(f.a[0], f.a.shape))  # one global restart
@@ -115,7 +116,7 @@ def test_flora_merges_exact_sum_and_restarts(shape, zero):
     bc2, _, _ = agg(as_tree(b, a), jnp.asarray(p), state1)
     assert not np.allclose(bc2.factors["layer"].a, f.a)
     bc_again, _, _ = agg(as_tree(b, a), jnp.asarray(p), state)
-    np.testing.assert_array_equal(bc_again.factors["layer"].a, f.a)
+    np.testing.assert_array_equal(bc_again.factors["layer"].a, f.a[0])
 
 
 def test_ffa_keeps_shared_a_and_is_exact():
@@ -126,7 +127,7 @@ def test_ffa_keeps_shared_a_and_is_exact():
     p = draw_weights(rng, m, zero=True)
     abo = aj.ffa()
     bc, state, diag = abo.aggregate(as_tree(b, a), jnp.asarray(p), abo.init(None))
-    f = bc.factors["layer"]
+    f = starts(bc.factors["layer"], len(p))
     np.testing.assert_array_equal(f.a, np.broadcast_to(a[0], f.a.shape))
     np.testing.assert_allclose(f.b[0], ps(b, a, p)[0], rtol=1e-12)
     np.testing.assert_allclose(f.b[0] @ f.a[0], zbar(b, a, p), rtol=1e-10, atol=1e-12)
@@ -148,7 +149,7 @@ def test_rolora_alternates_and_is_exact():
         aj.aggregation.trainable_factors(state).a
     )
     bc, state, diag = abo.aggregate(as_tree(b, a), jnp.asarray(p), state)
-    f = bc.factors["layer"]
+    f = starts(bc.factors["layer"], len(p))
     np.testing.assert_allclose(f.b[1], ps(b, a, p)[0], rtol=1e-12)
     np.testing.assert_array_equal(f.a[1], a[0])
     np.testing.assert_allclose(f.b[0] @ f.a[0], zbar(b, a, p), rtol=1e-10)
@@ -159,7 +160,7 @@ def test_rolora_alternates_and_is_exact():
     b2 = np.broadcast_to(np.asarray(f.b[0]), (m, d, r)).copy()
     a2 = rng.normal(size=(m, r, k))
     bc, state, diag = abo.aggregate(as_tree(b2, a2), jnp.asarray(p), state)
-    f = bc.factors["layer"]
+    f = starts(bc.factors["layer"], len(p))
     np.testing.assert_allclose(f.a[2], ps(b2, a2, p)[1], rtol=1e-12)
     np.testing.assert_array_equal(f.b[2], b2[0])
     np.testing.assert_allclose(f.b[0] @ f.a[0], zbar(b2, a2, p), rtol=1e-10)
@@ -198,7 +199,7 @@ def test_dense_leaves_are_averaged():
     p = draw_weights(rng, 3)
     tree = as_tree(b, a, bias=jnp.asarray(bias), frozen=None)
     bc, _, diag = cached(aj.product_sum)(tree, jnp.asarray(p))
-    np.testing.assert_allclose(bc.factors["bias"], np.broadcast_to(p @ bias, (3, 5)), rtol=1e-12)
+    np.testing.assert_allclose(bc.factors["bias"], p @ bias, rtol=1e-12)  # one copy, (5,)
     assert bc.factors["frozen"] is None
     np.testing.assert_array_equal(diag["bytes_up"], 2 * (5 + 4) * 8 + 5 * 8)
 
@@ -211,15 +212,14 @@ def test_fedavg_full_and_merged_helpers():
     w0 = rng.normal(size=(d, k))
     dense = rng.normal(size=(m, 3, 2))
     bc, _, diag = cached(aj.fedavg_full)({"w": jnp.asarray(dense)}, jnp.asarray(p))
-    np.testing.assert_allclose(
-        bc.factors["w"], np.broadcast_to(np.einsum("c,cij->ij", p, dense), dense.shape)
-    )
+    assert bc.factors["w"].shape == (3, 2)  # one copy
+    np.testing.assert_allclose(bc.factors["w"], np.einsum("c,cij->ij", p, dense))
     np.testing.assert_array_equal(diag["bytes_up"], (p > 0) * 6 * 8)
     # FedAvg of the merged weights W0 + s B_i A_i is W0 + s Zbar.
     base = {"layer": jnp.asarray(w0)}
     merged = aj.aggregation.merge_clients(base, as_tree(b, a), s)
     bc, _, _ = cached(aj.fedavg_full)(merged, jnp.asarray(p))
-    np.testing.assert_allclose(bc.factors["layer"][0], w0 + s * zbar(b, a, p), rtol=1e-10)
+    np.testing.assert_allclose(bc.factors["layer"], w0 + s * zbar(b, a, p), rtol=1e-10)
     # The gap to FedAvg: 0 for FedEx-LoRA, s sqrt(tail) for SP.
     clients = as_tree(b, a)
     gap = aj.aggregation.fedavg_gap(

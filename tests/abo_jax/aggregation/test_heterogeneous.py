@@ -12,6 +12,7 @@ from abo_reference import (
     jitted,
     pad_rank,
     products,
+    starts,
     svd_truncate,
 )
 
@@ -106,12 +107,12 @@ def test_equal_ranks_reduce_to_ps_and_sp():
     p = draw_weights(rng, m)
     tree, w = as_tree(b, a), jnp.asarray(p)
     ranks = np.full(m, r)
-    ps_f = cached(aj.product_sum)(tree, w)[0].factors["layer"]
+    ps_f = starts(cached(aj.product_sum)(tree, w)[0].factors["layer"], m)
     for abo in (aj.hetlora(ranks), aj.rbla(ranks)):
         f = jitted(abo)(tree, w)[0].factors["layer"]
         np.testing.assert_allclose(f.b, ps_f.b, rtol=1e-12)
         np.testing.assert_allclose(f.a, ps_f.a, rtol=1e-12)
-    sp = products(cached(aj.sum_product)(tree, w)[0].factors["layer"])
+    sp = products(cached(aj.sum_product)(tree, w)[0].factors["layer"], m=m)
     flex = products(jitted(aj.flexlora(ranks))(tree, w)[0].factors["layer"])
     np.testing.assert_allclose(flex, sp, rtol=1e-10, atol=1e-12)
 

@@ -30,10 +30,11 @@ def _sp_ps(b, a, p, rank=None):
     tree, w = as_tree(b, a), jnp.asarray(p)
     bc_sp, _, diag = cached(aj.sum_product, rank=rank)(tree, w)
     bc_ps, _, _ = cached(aj.product_sum)(tree, w)
-    sp, ps_ = bc_sp.factors["layer"], bc_ps.factors["layer"]
+    sp, ps_ = bc_sp.factors["layer"], bc_ps.factors["layer"]  # global: one copy each
+    assert sp.b.ndim == ps_.b.ndim == 2
     return (
-        (np.asarray(sp.b[0]), np.asarray(sp.a[0])),
-        (np.asarray(ps_.b[0]), np.asarray(ps_.a[0])),
+        (np.asarray(sp.b), np.asarray(sp.a)),
+        (np.asarray(ps_.b), np.asarray(ps_.a)),
         diag,
     )
 

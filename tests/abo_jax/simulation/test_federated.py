@@ -145,8 +145,12 @@ def test_declared_traits_match_what_the_operator_does(rng, name):
     traits = abo.traits
     assert traits.corrects_base == bool(jax.tree.leaves(broadcast.base_delta))
     f = broadcast.factors["w"]
-    differs = not (np.allclose(f.b, f.b[:1]) and np.allclose(f.a, f.a[:1]))
     heterogeneous = traits.client_ranks is not None
+    # The declared form: one copy from a global operator with one rank, else one per client.
+    assert f.b.ndim == (2 if traits.one_start else 3) and traits.one_start == (
+        not (traits.personalized or heterogeneous)
+    )
+    differs = f.b.ndim == 3 and not (np.allclose(f.b, f.b[:1]) and np.allclose(f.a, f.a[:1]))
     # Personal broadcasts differ across clients; heterogeneous ones only by each client's rank.
     assert differs == (traits.personalized or heterogeneous)
     if heterogeneous:

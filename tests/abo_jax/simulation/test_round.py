@@ -143,14 +143,11 @@ def _merge_reset_abo():
         delta = jax.tree.map(
             lambda f: jnp.einsum("c,cdr,crk->dk", weights, f.b, f.a), lora, is_leaf=aj.is_lora
         )
-        factors = jax.tree.map(
-            lambda f, a0: aj.LoRAFactors(jnp.zeros_like(f.b), jnp.broadcast_to(a0, f.a.shape)),
+        factors = jax.tree.map(  # one copy: a global operator's broadcast
+            lambda f, a0: aj.LoRAFactors(jnp.zeros_like(f.b[0]), a0),
             lora, state["a0"], is_leaf=aj.is_lora,
         )  # fmt: skip
-        m = weights.shape[0]
-        extra = aj.aggregation.broadcast_to_clients(
-            aj.aggregation.weighted_sum(clients.extra, weights), m
-        )
+        extra = aj.aggregation.weighted_sum(clients.extra, weights)
         no_delta = jax.tree.map(lambda x: None, clients.extra)
         return (
             Broadcast(
