@@ -27,6 +27,7 @@ BENCHMARKS = {
     "variants": "variants of the round side by side, --suite (not run by default)",
     "vs_peft": "MiniLM's LoRA round vs PyTorch + peft, benchmark 9 (needs peft; not by default)",
     "multiprocess": "1 process x 2 devices vs 2 processes x 1 device, benchmark 10 (not by default)",
+    "million": "a million clients in one round, benchmark 11 (about 10 minutes, 9 GB; not by default)",
 }
 DEFAULT = tuple(name for name, what in BENCHMARKS.items() if what[0].isdigit())
 

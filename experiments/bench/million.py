@@ -1,4 +1,4 @@
-"""Benchmark 10: a million digits-sized clients in one round; peak memory per client and s/round.
+"""Benchmark 11: a million digits-sized clients in one round; peak memory per client and s/round.
 
 Each layout runs in a fresh process (its peak resident memory, ``VmHWM``, is the process's own):
 digits-sized clients (64 features: scikit-learn's 8x8 digits drawn with replacement, 20 examples,
