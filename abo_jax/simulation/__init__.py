@@ -53,6 +53,7 @@ from abo_jax.simulation.client import (
     masked_cross_entropy,
     paper_sgd,
 )
+from abo_jax.simulation.client_map import auto_clients
 from abo_jax.simulation.evaluation import global_trainable, make_evaluate
 from abo_jax.simulation.federated import (
     FederatedRound,
@@ -84,6 +85,7 @@ __all__ = [
     "federated_round",
     "vmap_clients",
     "client_groups",
+    "auto_clients",
     "streamed_groups",
     "over_runs",
     "on_mesh",

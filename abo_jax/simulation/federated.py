@@ -41,6 +41,7 @@ from abo_jax.simulation.client import (
     masked_cross_entropy,
     paper_sgd,
 )
+from abo_jax.simulation.client_map import default_map_clients
 from abo_jax.simulation.evaluation import make_evaluate
 from abo_jax.simulation.sampling import ClientSampling, full_participation, participation_weights
 
@@ -120,7 +121,8 @@ class FederatedRound(NamedTuple):
 
 
 def vmap_clients(train: Callable, per_client: tuple) -> Any:
-    """The default way to train the clients: ``jax.vmap(train)`` over the client axis."""
+    """Every client at once: ``jax.vmap(train)`` over the client axis (:func:`auto_clients` picks it
+    when the clients' working set fits the cache)."""
     return jax.vmap(train)(*per_client)
 
 
@@ -627,7 +629,7 @@ def federated_round(
     personalized: bool | None = None,
     loss_fn: Callable[[jax.Array, jax.Array, jax.Array], jax.Array] = masked_cross_entropy,
     train_only_sampled: bool = True,
-    map_clients: Callable[[Callable, tuple], Any] = vmap_clients,
+    map_clients: Callable[[Callable, tuple], Any] = default_map_clients,
 ) -> FederatedRound:
     """One federated round of ``model`` aggregated by ``abo``, as pure functions of one run.
 
@@ -670,8 +672,10 @@ def federated_round(
       train_only_sampled: with a fixed-count sampler, train only the sampled clients (gathered,
         mapped, scattered back); the same numbers either way.
       map_clients: ``(train, per_client) -> results``: how the one-client ``train`` runs over the
-        client axis: :func:`vmap_clients` (default) or :func:`client_groups`; or
-        :func:`streamed_groups`, which aggregates each group as it finishes.
+        client axis: :func:`~abo_jax.simulation.auto_clients` (default: one vmap when the clients'
+        working set fits the cache, as LoRA clients over a shared base do, else client groups
+        sized to it, as full-weight clients need), :func:`vmap_clients` or :func:`client_groups`;
+        or :func:`streamed_groups`, which aggregates each group as it finishes.
 
     Returns:
       A :class:`FederatedRound` of un-jitted functions: wrap it with :func:`~abo_jax.jit_round`

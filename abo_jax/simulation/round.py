@@ -22,12 +22,12 @@ from jax.sharding import Mesh
 from abo_jax.aggregation._base import ABO
 from abo_jax.models._base import Model
 from abo_jax.simulation.client import masked_cross_entropy
+from abo_jax.simulation.client_map import auto_clients
 from abo_jax.simulation.evaluation import global_trainable
 from abo_jax.simulation.federated import (
     SimState,
     client_groups,
     federated_round,
-    vmap_clients,
 )
 from abo_jax.simulation.sampling import ClientSampling
 from abo_jax.simulation.wrappers import (
@@ -164,7 +164,9 @@ def make_simulation(
         can write the next state in place (less peak memory per client). The state passed in is
         then deleted: always continue from the returned state, as :func:`abo_jax.run` does, and
         never call ``round`` twice on the same state. Same numbers either way.
-      client_chunk: train the clients in groups of this many, one group after another
+      client_chunk: ``None`` (default): :func:`~abo_jax.simulation.auto_clients` chooses from the
+        shapes (one vmap when the clients' working set fits the cache, else groups sized to it);
+        or train the clients in groups of this many, one group after another
         (``lax.map`` over groups, ``jax.vmap`` within), instead of all at once; with a ``mesh``,
         groups of each device's share. Bounds the activations held at once to a group's (peak
         memory) and, on CPU, keeps them in cache: the digits-sized MLP with 1000 clients trains
@@ -189,7 +191,7 @@ def make_simulation(
     if mesh is not None:
         _check_mesh(mesh, None if num_runs is None else int(num_runs))
     client_mesh = mesh if mesh is not None and CLIENT_AXIS in mesh.axis_names else None
-    map_clients = vmap_clients
+    map_clients = auto_clients(client_mesh)  # vmap, or groups sized to the cache, by the shapes
     if client_chunk is not None:
         map_clients = client_groups(client_chunk, client_mesh)
     rnd = federated_round(
