@@ -30,7 +30,7 @@ excluded, medians; compilation, or FedJAX's first call, reported apart):
 * ``abo-jax full, per-client loop``: the round's own ``client_update`` jitted once and called
   client by client, then the jitted server step (the baseline abo-jax must never lose to);
 * ``abo-jax LoRA (PS)``: the LoRA round of the same MLP (ranks 8, 8, 5, product-sum), for
-  reference.
+  reference, with the defaults and with ``map_clients=vmap_clients``.
 
 **Equivalence check** (before timing; the benchmark raises if it fails): FedJAX with
 ``skip_shuffle=True`` against abo-jax's round with the same batch order (:func:`repeat_batches`:
@@ -57,6 +57,7 @@ import numpy as np
 import optax
 
 import abo_jax
+from abo_jax.simulation.client_map import auto_clients
 from experiments.bench import common
 from experiments.bench import workload as W
 
@@ -208,9 +209,13 @@ def to_haiku(trainable: abo_jax.Trainable) -> dict:
 
 
 def from_haiku(params: dict) -> abo_jax.Trainable:
+    """haiku's parameters back in abo-jax's layout. On jax 0.9 FedJAX's pmap backend hands each
+    client's delta back with a leading axis of 1 (a shard of its pmap output), which the server
+    parameters then carry: it is dropped here."""
+    squeeze = lambda v: v.reshape(v.shape[1:]) if v.ndim > 1 and v.shape[0] == 1 else v
     return abo_jax.Trainable(
-        lora={name: p["w"].T for name, p in params.items()},
-        extra={name: p["b"] for name, p in params.items()},
+        lora={name: squeeze(p["w"]).T for name, p in params.items()},
+        extra={name: squeeze(p["b"]) for name, p in params.items()},
     )
 
 
@@ -260,7 +265,9 @@ class FedJaxRound:
             for i, (cid, cds) in enumerate(data.get_clients(sorted(data.client_ids())))
         ]
         self.steps = [len(list(cds.shuffle_repeat_batch(hparams))) for _, cds, _ in self.clients]
-        self.init_state = self.algorithm.init(jax.tree.map(jnp.asarray, init))
+        # FedJAX keeps the server state on the first device (its pmap backend returns there).
+        init = jax.device_put(jax.tree.map(np.asarray, init), jax.devices()[0])
+        self.init_state = self.algorithm.init(init)
 
     def __call__(self, state=None):
         """One round from ``state`` (default: the initial state); returns the new server state."""
@@ -295,6 +302,8 @@ def abo_round(
     """``(jitted round, state, inputs, model)`` of abo-jax on ``data`` (one run, seed 0)."""
     model = lora_model(w, config.lora_ranks) if lora else full_model(w)
     mesh = common.host_mesh(devices)
+    if map_clients is None and mesh is not None:  # the default per device, as make_simulation's
+        map_clients = auto_clients(mesh)
     kwargs = {} if map_clients is None else {"map_clients": map_clients}
     rnd = abo_jax.federated_round(
         model,
@@ -443,6 +452,12 @@ def run_workload(fedjax, w: Workload, config: Config, devices: int, reps: int) -
     if config.donate:
         add("abo-jax full (default), donated", "jit_round(donate=True)", donate=True)
     add("abo-jax LoRA (PS)", f"ranks {config.lora_ranks}, product_sum", lora=True)
+    add(
+        "abo-jax LoRA (PS), vmap",
+        "the LoRA round with map_clients=vmap_clients",
+        lora=True,
+        map_clients=abo_jax.simulation.vmap_clients,
+    )
     if devices == 1:
         loop = per_client_loop(state, d, model, w, config)
         compile_s["abo-jax full, per-client loop"] = _first_call(loop)
