@@ -431,7 +431,7 @@ def bert_lora_model(
       >>> params = random_bert_params(jax.random.key(0), config)
       >>> model = bert_lora_model(config, params, 3, ranks=2, lora_from_layer=1, max_len=8)
       >>> frozen, trainable = model.init(jax.random.key(1))
-      >>> ids = jnp.array([[101, 7, 9, 102, 0, 0, 0, 0]], jnp.int32)
+      >>> ids = jnp.array([[1, 7, 9, 2, 0, 0, 0, 0]], jnp.int32)  # ids < vocab_size, pad 0
       >>> model.apply(frozen, trainable, model.prepare(frozen, ids), 1.0).shape
       (1, 3)
     """
