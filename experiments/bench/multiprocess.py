@@ -15,7 +15,8 @@ device for a round of ``m`` digits-sized clients on 1 process x 1 device and on 
 device, at two values of ``m``; the slope gives the bytes each client costs per process and, for
 a memory budget per process, the largest ``m`` that fits (extrapolated, not run to failure).
 
-``python -m experiments.bench.multiprocess [--quick] [--passes N] [--reps N] [--out DIR]``;
+``python -m experiments.bench.multiprocess [--quick] [--passes N] [--reps N] [--parts P]
+[--out DIR]``;
 pause other work on the machine while it runs (RESULTS.md, 10).
 """
 
@@ -138,10 +139,11 @@ def worker(payload: dict) -> dict | None:
         out = jax.block_until_ready(compiled(state, data, inputs))
         times.append(time.perf_counter() - t0)
     model = fetch(out[0].clients)  # a collective: every process
-    rss = np.asarray(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, np.int64) * 1024
+    # KiB (as ru_maxrss gives it): int32 across processes (JAX without x64) holds up to 2 TiB
+    rss_kib = np.asarray(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, np.int32)
     from jax.experimental import multihost_utils
 
-    every_rss = np.asarray(multihost_utils.process_allgather(rss)).reshape(-1)
+    every_rss = np.asarray(multihost_utils.process_allgather(rss_kib), np.int64).reshape(-1) * 1024
     if not is_primary():
         return None
     if payload.get("model_out"):
@@ -194,11 +196,16 @@ def _worker_main() -> None:
         Path(payload["result"]).write_text(json.dumps(common.to_jsonable(result)))
 
 
-def run(config: Config, reps: int | None = None, passes: int | None = None) -> dict:
+def run(
+    config: Config,
+    reps: int | None = None,
+    passes: int | None = None,
+    parts: tuple[str, ...] = ("time", "memory"),
+) -> dict:
     reps, passes = reps or config.reps, passes or config.passes
     rows, memory = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        for name, spec in config.workloads:
+        for name, spec in config.workloads if "time" in parts else ():
             seen: dict[str, list[dict]] = {layout: [] for layout in LAYOUTS}
             for p in range(passes):
                 for layout, shape in LAYOUTS.items():
@@ -233,7 +240,7 @@ def run(config: Config, reps: int | None = None, passes: int | None = None) -> d
                     "runs": seen,
                 }
             )
-        for m in config.memory_clients:
+        for m in config.memory_clients if "memory" in parts else ():
             spec = dataclasses.replace(config.memory_spec, clients=m)
             for layout, shape in MEMORY_LAYOUTS.items():
                 print(f"  {NAME}: memory, m = {m}, {layout}", file=sys.stderr, flush=True)
@@ -251,7 +258,7 @@ def run(config: Config, reps: int | None = None, passes: int | None = None) -> d
                 )
     fits = {}
     lo, hi = min(config.memory_clients), max(config.memory_clients)
-    for layout in MEMORY_LAYOUTS:
+    for layout in MEMORY_LAYOUTS if memory else ():
         at = {r["clients"]: r for r in memory if r["layout"] == layout}
         slope = (at[hi]["peak_rss_mib"] - at[lo]["peak_rss_mib"]) / (hi - lo)  # MiB per client
         base = at[lo]["peak_rss_mib"] - slope * lo
@@ -297,20 +304,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--out", type=Path, default=common.DEFAULT_OUT, help="folder for multiprocess.json"
     )
+    p.add_argument(
+        "--parts",
+        default="time,memory",
+        help="what to measure, comma-separated: time (the two layouts' rounds), memory",
+    )
     args = p.parse_args(argv)
+    parts = tuple(x for x in args.parts.split(",") if x)
+    if not parts or set(parts) - {"time", "memory"}:
+        p.error(f"--parts: expected names in time, memory, got {args.parts!r}")
     for option in ("passes", "reps"):
         if getattr(args, option) is not None and getattr(args, option) < 1:
             p.error(f"--{option}: must be at least 1")
-    result = run(get_config(args.quick), reps=args.reps, passes=args.passes)
-    print(common.format_table(result["rows"], COLUMNS))
-    print(common.format_table(result["memory"], MEMORY_COLUMNS))
+    result = run(get_config(args.quick), reps=args.reps, passes=args.passes, parts=parts)
+    if result["rows"]:
+        print(common.format_table(result["rows"], COLUMNS))
+    if result["memory"]:
+        print(common.format_table(result["memory"], MEMORY_COLUMNS))
     for layout, fit in result["fits"].items():
         print(
             f"{layout}: {fit['rss_kib_per_client']:.1f} KiB per client per process, "
             f"{fit['fixed_mib']:.0f} MiB fixed; largest m in {result['budget_gib_per_process']:g} "
             f"GiB per process: {fit['largest_m_in_budget']}"
         )
-    path = common.write_json(args.out / f"{NAME}.json", result)
+    suffix = "" if set(parts) == {"time", "memory"} else "_" + "_".join(parts)
+    path = common.write_json(args.out / f"{NAME}{suffix}.json", result)
     print(f"results: {path}")
     return 0
 
