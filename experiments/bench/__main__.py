@@ -25,6 +25,7 @@ BENCHMARKS = {
     "paper_grid": "7: the paper grid's wall time from a sub-grid (about 10 minutes)",
     "profile_round": "where the round's time goes, by kind of op (not run by default)",
     "variants": "variants of the round side by side, --suite (not run by default)",
+    "vs_fedjax": "abo-jax vs FedJAX, full-weight FedAvg, benchmark 8 (needs fedjax; not by default)",
     "vs_peft": "MiniLM's LoRA round vs PyTorch + peft, benchmark 9 (needs peft; not by default)",
     "multiprocess": "1 process x 2 devices vs 2 processes x 1 device, benchmark 10 (not by default)",
     "million": "a million clients in one round, benchmark 11 (about 10 minutes, 9 GB; not by default)",

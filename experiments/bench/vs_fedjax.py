@@ -28,7 +28,10 @@ excluded, medians; compilation, or FedJAX's first call, reported apart):
   the defaults a user gets; ``abo-jax full, vmap``: the same with ``map_clients=vmap_clients``
   (the previous default); further lever rows (client groups, donation) as configured;
 * ``abo-jax full, per-client loop``: the round's own ``client_update`` jitted once and called
-  client by client, then the jitted server step (the baseline abo-jax must never lose to);
+  client by client, then the jitted server step (the baseline abo-jax must never lose to); and
+  the same loop waiting for each client before dispatching the next (``, blocking``): JAX's
+  dispatch is asynchronous, so the plain loop lets the runtime run two clients' programs at once
+  on two cores, which one program of the round cannot;
 * ``abo-jax LoRA (PS)``: the LoRA round of the same MLP (ranks 8, 8, 5, product-sum), for
   reference, with the defaults and with ``map_clients=vmap_clients``.
 
@@ -328,7 +331,8 @@ def global_params(state: abo_jax.SimState, model: abo_jax.Model) -> abo_jax.Trai
 
 def per_client_loop(rnd_state, data, model, w: Workload, config: Config):
     """The per-client-loop baseline: the round's own ``client_update`` jitted once, called client
-    by client from the start, then the jitted server step (fedavg_full). Returns a thunk."""
+    by client from the start, then the jitted server step (fedavg_full). Returns two thunks: the
+    loop as a user writes it, and the same loop blocking on every client's result."""
     state = rnd_state
     start = global_params(state, model)
     optimizer = optax.sgd(config.lr, momentum=config.momentum)
@@ -351,7 +355,11 @@ def per_client_loop(rnd_state, data, model, w: Workload, config: Config):
         trained = [update(*row) for row in rows]
         return server(jax.tree.map(lambda *v: jnp.stack(v), *trained))
 
-    return loop
+    def one_at_a_time():  # JAX's dispatch is asynchronous: without this, clients overlap
+        trained = [jax.block_until_ready(update(*row)) for row in rows]
+        return server(jax.tree.map(lambda *v: jnp.stack(v), *trained))
+
+    return loop, one_at_a_time
 
 
 # ------------------------------------------------------------------------------ the checks
@@ -459,10 +467,13 @@ def run_workload(fedjax, w: Workload, config: Config, devices: int, reps: int) -
         map_clients=abo_jax.simulation.vmap_clients,
     )
     if devices == 1:
-        loop = per_client_loop(state, d, model, w, config)
+        loop, one_at_a_time = per_client_loop(state, d, model, w, config)
         compile_s["abo-jax full, per-client loop"] = _first_call(loop)
         thunks["abo-jax full, per-client loop"] = loop
         variants["abo-jax full, per-client loop"] = "client_update jitted once, called per client"
+        name = "abo-jax full, per-client loop, blocking"
+        compile_s[name], thunks[name] = 0.0, one_at_a_time
+        variants[name] = "the same, waiting for each client before dispatching the next"
     start = global_params(state, model)
     fj = FedJaxRound(
         fedjax,
