@@ -236,8 +236,9 @@ def test_metrics_fn_and_history(rng, clients_fn):
     test = (data.x[2], data.y[2])
 
     def gap(clients, weights, broadcast):
-        f, p = clients["dense_1"], broadcast.factors["dense_1"]
-        return {"weak": jnp.einsum("c,c->", weights, jnp.sum((p.b @ p.a - f.b @ f.a) ** 2, (1, 2)))}
+        f, p = clients["dense_1"], broadcast.factors["dense_1"]  # p: PS's one copy, (d, r)
+        gaps = jnp.sum(((p.b @ p.a)[None] - f.b @ f.a) ** 2, (1, 2))
+        return {"weak": jnp.einsum("c,c->", weights, gaps)}
 
     sim = aj.make_simulation(_model(), aj.product_sum(), batch_size=4, metrics_fn=gap)
     hist, _ = aj.run(sim, data, test, rounds=4, key=jax.random.key(6), eval_every=2, progress=False)
