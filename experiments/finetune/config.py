@@ -41,8 +41,8 @@ class FinetuneConfig:
       dirichlet_alpha: Dirichlet concentration over topics of the dirichlet split (> 0).
       quantity_beta: Dirichlet concentration of client sizes of the quantity_skew split (> 0).
       num_clients: clients m (all take part in every round).
-      operators: operators to run (abo_jax.OPERATORS names; fedavg_full needs a model with full
-        weights, which bert_lora_model does not offer: refused with a message).
+      operators: operators to run (abo_jax.OPERATORS names; fedavg_full is refused with a
+        message: the study's table, plots and mismatch terms are LoRA-only so far).
       rank: LoRA rank of the equal-rank operators.
       hetero_ranks: per-client ranks (cycled over clients) of hetlora, rbla and flexlora.
       targets: adapted projections of each LoRA layer: query, key, value, attention_output,
@@ -129,9 +129,10 @@ class FinetuneConfig:
         if "fedavg_full" in self.operators:
             bad_option(
                 "operators",
-                "fedavg_full needs the model's full weights as the trainable set, and "
-                "bert_lora_model has no full-weight mode; leave it out (FedEx-LoRA's global model "
-                "is the FedAvg of the clients' merged LoRA weights)",
+                "fedavg_full is not run by this study yet (its table, plots and mismatch terms "
+                "are LoRA-only; bert_lora_model(mode='full') is the model it would train); leave "
+                "it out (FedEx-LoRA's global model is the FedAvg of the clients' merged LoRA "
+                "weights)",
             )
         for name in (
             "num_clients",

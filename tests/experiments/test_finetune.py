@@ -99,7 +99,7 @@ def test_help_names_every_option(capsys):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--operators", "sum_product,fedavg_full"], "no full-weight mode"),
+        (["--operators", "sum_product,fedavg_full"], "not run by this study yet"),
         (["--operators", "sp"], "unknown"),
         (["--partition", "one_topic", "--num-clients", "7"], "multiple of num_topics"),
         (["--lora-layers", "3", "--num-layers", "2"], "at most num_layers"),
