@@ -12,8 +12,10 @@ data built on the device (no host copy). Layouts, all through the round's argume
   factors and cache at a time, added to PS's sums as the group finishes.
 
 The table gives seconds per round (the median of the timed rounds after a first round that
-compiles), the process's peak resident memory, and per client the peak less the resident memory of
-the started runtime (Python, JAX, XLA: about 0.5 GB, paid by every layout), divided by the clients;
+compiles), the process's peak resident memory from the clients' creation on (init, prepare and the
+rounds; the gather that builds the data peaks at about twice the data and is reported apart), and
+per client that peak less the resident memory of the started runtime (Python, JAX, XLA: about
+0.3 GB, paid by every layout), divided by the clients;
 the data alone is ``20 x (64 x 4 + 4 + 1) = 5,220`` bytes per client. The layouts run one after
 another (a process each), so their times are not interleaved: read the speed column as +-20%.
 """
@@ -87,6 +89,12 @@ def worker(payload: dict) -> dict:
         x=pixels[idx], y=labels[idx], mask=jnp.ones((m, n), bool), sizes=jnp.full((m,), n)
     )
     del idx
+    jax.block_until_ready(data)
+    # Building the clients by a gather peaks at about twice the data; the peak reported is the
+    # round's: the kernel's high-water mark is reset here (Linux: clear_refs 5).
+    data_peak = _status_bytes("VmHWM")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
     model = abo_jax.paper_mlp(64, payload["hidden"], 10, ranks=payload["rank"])
     if layout == "old":
         groups, precompute = abo_jax.client_groups(payload["old_group"]), True
@@ -100,8 +108,8 @@ def worker(payload: dict) -> dict:
         precompute=precompute,
     )
     jitted = abo_jax.jit_round(rnd, donate=True)
-    state = rnd.init(k_run, data)
-    inputs = rnd.prepare(state, data)
+    state = jitted.init(k_run, data)  # jitted: no eager (m, ...) copy of the start is made
+    inputs = jitted.prepare(state, data)
     times = []
     for _ in range(payload["rounds"]):
         t0 = time.perf_counter()
@@ -117,6 +125,7 @@ def worker(payload: dict) -> dict:
         "times_s": times,
         "peak_rss_bytes": peak,
         "runtime_rss_bytes": runtime,
+        "data_build_peak_bytes": data_peak,
         "peak_bytes_per_client": (peak - runtime) / m,
         "train_loss": float(metrics["train_loss"]),
         "env": common.env_info(),
@@ -134,9 +143,9 @@ def run(config: Config, reps: int | None = None) -> dict:
         payload = {**asdict(config), "layout": layout, "clients": m, "rounds": rounds}
         payload.pop("runs")
         env = {"JAX_PLATFORMS": "cpu"}
-        rows.append(
-            common.run_python(code, json.dumps(payload), env=env, timeout_s=config.timeout_s)
-        )
+        row = common.run_python(code, json.dumps(payload), env=env, timeout_s=config.timeout_s)
+        print(f"  million: {json.dumps(common.to_jsonable(row))}", file=sys.stderr, flush=True)
+        rows.append(row)
     old = [r for r in rows if r["layout"] == "old"]
     new = [
         r for r in rows if r["layout"] == "streamed" and old and r["clients"] == old[0]["clients"]
