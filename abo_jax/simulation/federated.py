@@ -117,7 +117,9 @@ class FederatedRound(NamedTuple):
           lora_scale: a scalar or ``(m,)`` scales; default the operator's (``abo.traits``) or 1.
         """
         args = self.check_init(key, data, weights, hparams, lora_scale)
-        return self.init_state(args[0], data, *args[1:])
+        # Jitted, so a start repeated for the clients (to shape the operator's state) is never
+        # materialized when nothing keeps it: memory for a million clients, the same numbers.
+        return jax.jit(self.init_state)(args[0], data, *args[1:])
 
 
 def vmap_clients(train: Callable, per_client: tuple) -> Any:
