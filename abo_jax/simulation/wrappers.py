@@ -148,8 +148,11 @@ def on_mesh(rnd: FederatedRound, mesh: Mesh) -> FederatedRound:
     """``rnd`` on the devices of ``mesh`` (one axis).
 
     ``("clients",)``: the client axis of data, inputs and per-client state is split over the
-    devices (``m`` divisible by their number) and the round keeps the next broadcast split; for
-    client groups per device, build the round with ``map_clients=client_groups(size, mesh)``.
+    devices (``m`` divisible by their number) and the round keeps the next broadcast split. Build
+    the round with a mapping that knows the mesh: ``map_clients=auto_clients(mesh)`` (what
+    :func:`~abo_jax.make_simulation` passes) or ``client_groups(size, mesh)``; the default
+    ``auto_clients()`` does not know it, and when it forms groups they gather every device's
+    clients onto each device (memory per device then stops falling with the devices).
     ``("runs",)``: each device holds whole runs (apply after :func:`over_runs`, ``num_runs``
     divisible by the devices); the data is replicated. On CPU, several host devices
     (``jax.config.update("jax_num_cpu_devices", n)`` before JAX starts) let the cores run the
