@@ -196,7 +196,8 @@ def streamed_groups(size: int) -> StreamedGroups:
     group too. The same numbers as :func:`client_groups` up to float32 summation order (SP takes
     the dense SVD of the accumulated ``Zbar``). Every client trains (one outside the round has
     weight 0); the optimizer is fresh every round; ``metrics_fn``, which needs every client's
-    factors, is not available.
+    factors, is not available. It is written for one device: on a client mesh its groups are cut
+    across the devices' shares (use :func:`client_groups` with the mesh there).
 
     Args:
       size: clients per group (positive).
